@@ -1,0 +1,77 @@
+"""The `a3c` command: `learner` and `actor` run one service each; `train` runs them all as local processes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Optional, Sequence
+
+from a3c import config
+from a3c.errors import UserFacingError
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get one line, not a usage dump."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _run_learner(args: argparse.Namespace) -> int:
+    from learner.service import main
+
+    return main(config.from_args(config.LearnerConfig, args))
+
+
+def _run_actor(args: argparse.Namespace) -> int:
+    from actor.service import main
+
+    return main(config.from_args(config.ActorConfig, args))
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from a3c.local import train
+
+    return train(config.from_args(config.RunLimits, args), config.from_args(config.LearnerConfig, args),
+                 config.from_args(config.ActorConfig, args))
+
+
+# Settings `a3c train` chooses itself for the processes it starts.
+LOCAL_ONLY_LEARNER = ("listen", "checkpoint_dir", "progress_file", "port_file", "workers")
+LOCAL_ONLY_ACTOR = ("learner", "actor_id")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="a3c", description="Distributed A3C over gRPC: a learner service and scaled actors.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(run=run)
+        return sub
+
+    learner = command("learner", _run_learner, "serve the global network over gRPC and apply pushed gradients")
+    config.add_arguments(learner, config.LearnerConfig)
+
+    actor = command("actor", _run_actor, "play the environment and push gradients to a learner")
+    config.add_arguments(actor, config.ActorConfig)
+
+    train = command("train", _run_train, "train on this machine: one learner and N actors as local processes")
+    config.add_arguments(train, config.RunLimits)
+    config.add_arguments(train, config.LearnerConfig, exclude=LOCAL_ONLY_LEARNER)
+    config.add_arguments(train, config.ActorConfig, exclude=LOCAL_ONLY_ACTOR)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)-7s %(message)s", datefmt="%H:%M:%S")
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except UserFacingError as err:
+        print(f"a3c: error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, config.ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130

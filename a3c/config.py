@@ -1,0 +1,212 @@
+"""Typed, validated configuration for every service, settable by flag or by `A3C_*` environment variable.
+
+Each field's `help` is its documentation; the same text appears in `--help`. A container sets the field
+`num_envs` as `A3C_NUM_ENVS`; a flag on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional
+
+from a3c.errors import UserFacingError
+
+ENV_PREFIX = "A3C_"
+OPTIMIZERS = ("rmsprop", "adam", "sgd")
+WIRE_DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConfigError(UserFacingError, ValueError):
+    """A setting is invalid; the message names it and says why, in one line."""
+
+
+def option(default: Any, help: str, *, choices: Optional[Iterable[str]] = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None})
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _check_address(name: str, address: str) -> None:
+    host, sep, port = address.rpartition(":")
+    _require(bool(sep) and bool(host) and port.isdigit() and 0 <= int(port) <= 65535,
+             f"--{name.replace('_', '-')} must be HOST:PORT with a port in 0-65535, got {address!r}")
+
+
+@dataclass(frozen=True)
+class HyperParams:
+    """The A3C settings the learner owns; actors receive the rollout part of them over the wire."""
+
+    env: str = option("PongNoFrameskip-v4", "environment id (any ALE game such as PongNoFrameskip-v4, or a "
+                      "vector-observation env such as CartPole-v1)")
+    optimizer: str = option("rmsprop", "optimizer of the global network (RMSProp statistics are shared by "
+                            "all actors because they live in the learner)", choices=OPTIMIZERS)
+    lr: float = option(7e-4, "learning rate")
+    rmsprop_alpha: float = option(0.99, "RMSProp smoothing constant")
+    optim_eps: float = option(1e-5, "epsilon of RMSProp or Adam")
+    t_max: int = option(5, "rollout length per environment, in agent steps, before each gradient push")
+    gamma: float = option(0.99, "discount factor")
+    entropy_coef: float = option(0.01, "weight of the entropy bonus")
+    value_coef: float = option(0.5, "weight of the value loss")
+    max_grad_norm: float = option(0.5, "actors clip each gradient to this L2 norm before pushing it")
+    max_staleness: int = option(64, "refuse gradients computed on parameters more than this many versions old")
+    wire_dtype: str = option("float32", "dtype of parameters and gradients on the wire", choices=WIRE_DTYPES)
+    seed: int = option(0, "random seed (network initialisation on the learner, environments on actors)")
+
+    def __post_init__(self) -> None:
+        _require(bool(self.env.strip()), "--env must not be empty")
+        _require(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        _require(0 < self.rmsprop_alpha < 1, f"--rmsprop-alpha must be in (0, 1), got {self.rmsprop_alpha}")
+        _require(self.optim_eps > 0, f"--optim-eps must be positive, got {self.optim_eps}")
+        _require(self.t_max >= 1, f"--t-max must be at least 1, got {self.t_max}")
+        _require(0 <= self.gamma <= 1, f"--gamma must be in [0, 1], got {self.gamma}")
+        _require(self.entropy_coef >= 0, f"--entropy-coef must not be negative, got {self.entropy_coef}")
+        _require(self.value_coef >= 0, f"--value-coef must not be negative, got {self.value_coef}")
+        _require(self.max_grad_norm > 0, f"--max-grad-norm must be positive, got {self.max_grad_norm}")
+        _require(self.max_staleness >= 0, f"--max-staleness must not be negative, got {self.max_staleness}")
+
+
+@dataclass(frozen=True)
+class LearnerConfig(HyperParams):
+    """The learner service."""
+
+    listen: str = option("0.0.0.0:50051", "HOST:PORT to serve gRPC on (port 0 picks a free port)")
+    checkpoint_dir: str = option("checkpoints", "directory for checkpoints")
+    checkpoint_interval: float = option(300.0, "seconds between checkpoints (0 disables periodic ones)")
+    progress_file: str = option("", "append a JSON line of training progress here every --log-interval")
+    port_file: str = option("", "write the bound gRPC port to this file once serving (for launchers)")
+    log_interval: float = option(5.0, "seconds between progress lines")
+    workers: int = option(8, "gRPC server worker threads")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_address("listen", self.listen)
+        _require(self.checkpoint_interval >= 0, "--checkpoint-interval must not be negative")
+        _require(self.log_interval > 0, f"--log-interval must be positive, got {self.log_interval}")
+        _require(self.workers >= 1, f"--workers must be at least 1, got {self.workers}")
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    """One actor process: everything else comes from the learner."""
+
+    learner: str = option("localhost:50051", "HOST:PORT of the learner")
+    num_envs: int = option(16, "environments stepped together in this process (batched inference)")
+    seed: int = option(0, "random seed for this actor's environments and action sampling")
+    actor_id: str = option("", "name reported to the learner (default: host name and process id)")
+    connect_timeout: float = option(60.0, "seconds to keep trying to reach the learner before giving up")
+    rpc_timeout: float = option(10.0, "deadline of each call to the learner, in seconds")
+
+    def __post_init__(self) -> None:
+        _check_address("learner", self.learner)
+        _require(self.num_envs >= 1, f"--num-envs must be at least 1, got {self.num_envs}")
+        _require(self.connect_timeout > 0, "--connect-timeout must be positive")
+        _require(self.rpc_timeout > 0, "--rpc-timeout must be positive")
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """When `a3c train` stops and what it counts as success."""
+
+    actors: int = option(os.cpu_count() or 1, "actor processes to start (default: the machine's core count)")
+    max_seconds: Optional[float] = option(None, "stop after this many seconds of training")
+    max_frames: Optional[int] = option(None, "stop after this many emulator frames")
+    stop_at_return: Optional[float] = option(None, "stop with success once the mean return of the last 100 "
+                                             "episodes reaches this; exit non-zero if it is never reached")
+    run_dir: str = option("", "directory for this run's progress and checkpoints (default: runs/TIME-ENV)")
+
+    def __post_init__(self) -> None:
+        _require(self.actors >= 1, f"--actors must be at least 1, got {self.actors}")
+        _require(self.max_seconds is None or self.max_seconds > 0, "--max-seconds must be positive")
+        _require(self.max_frames is None or self.max_frames > 0, "--max-frames must be positive")
+
+
+# --- flags and environment variables, derived from the dataclasses above -------------------------------
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _value_type(cls: type, name: str) -> type:
+    hint = typing.get_type_hints(cls)[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    return hint
+
+
+def _parse(kind: type, text: str, source: str) -> Any:
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{source}: expected true or false, got {text!r}")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{source}: expected {kind.__name__}, got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterable[str] = (),
+                  environ: Optional[dict[str, str]] = None) -> None:
+    """Add one flag per field of the dataclass `cls`, defaulting to its `A3C_*` variable, else its default.
+
+    Fields already on the parser (a name shared by two configs, such as `seed`) are added once.
+    """
+    environ = os.environ if environ is None else environ
+    existing = {action.dest for action in parser._actions}
+    for f in dataclasses.fields(cls):
+        if f.name in exclude or f.name in existing:
+            continue
+        kind = _value_type(cls, f.name)
+        default = f.default
+        if _env_name(f.name) in environ:
+            default = _parse(kind, environ[_env_name(f.name)], _env_name(f.name))
+        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}; default: %(default)s]"
+        if kind is bool:
+            parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=help_text)
+        else:
+            parser.add_argument(_flag(f.name), dest=f.name, type=kind, default=default,
+                                choices=f.metadata["choices"], metavar=None if f.metadata["choices"] else f.name.upper(),
+                                help=help_text)
+
+
+def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+    """Build (and so validate) `cls` from the parsed flags that match its fields."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    values.update(overrides)
+    return cls(**values)
+
+
+def to_argv(config: Any, *, only: Optional[Iterable[str]] = None) -> list[str]:
+    """The command-line flags that rebuild `config` (or the named fields of it) in another process."""
+    wanted = set(only) if only is not None else None
+    argv: list[str] = []
+    for f in dataclasses.fields(config):
+        if wanted is not None and f.name not in wanted:
+            continue
+        value = getattr(config, f.name)
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            argv.append(_flag(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            argv += [_flag(f.name), repr(value) if isinstance(value, float) else str(value)]
+    return argv
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]

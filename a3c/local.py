@@ -1,0 +1,168 @@
+"""`a3c train`: one learner and N actors as local processes on loopback, the same code the containers run.
+
+The launcher only starts processes (`python -m a3c learner|actor` with flags), follows the learner's
+progress file, and stops everything in order: actors first, then the learner, which writes its final
+progress record and checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Optional
+
+from a3c.config import ActorConfig, LearnerConfig, RunLimits, to_argv
+from a3c.envs import describe_env
+from a3c.errors import UserFacingError
+
+log = logging.getLogger("train")
+LEARNER_START_TIMEOUT = 120.0
+MAX_ACTOR_RESTARTS = 3
+POLL_SECONDS = 0.5
+
+
+class LaunchError(UserFacingError):
+    """A local process could not be started or died; the message says which."""
+
+
+def _die_with_parent() -> None:
+    """Children get SIGTERM if the launcher itself is killed, so no orphan keeps training."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    preexec = _die_with_parent if sys.platform.startswith("linux") else None
+    return subprocess.Popen([sys.executable, "-m", "a3c", *args], env=env, preexec_fn=preexec)
+
+
+def _stop(processes: list[subprocess.Popen], timeout: float) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in processes:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0.1))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def last_record(progress: Path) -> Optional[dict]:
+    """The newest complete line of a progress file."""
+    try:
+        lines = progress.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:  # a line being written right now
+            continue
+    return None
+
+
+def target_reached(record: Optional[dict], target: Optional[float]) -> bool:
+    """The mean over a full window of episodes is at least the target."""
+    return (target is not None and record is not None and record["mean_return"] is not None
+            and record["return_window"] >= 100 and record["mean_return"] >= target)
+
+
+def _wait_for_port(port_file: Path, learner: subprocess.Popen) -> int:
+    deadline = time.monotonic() + LEARNER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            return int(port_file.read_text())
+        if learner.poll() is not None:
+            raise LaunchError(f"the learner exited with code {learner.returncode} before serving")
+        time.sleep(0.1)
+    raise LaunchError(f"the learner did not start serving within {LEARNER_START_TIMEOUT:g}s")
+
+
+def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorConfig) -> int:
+    describe_env(learner_config.env)  # a bad --env fails here, in one line, before anything starts
+    run_dir = Path(limits.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{learner_config.env.replace('/', '_')}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    progress, port_file = run_dir / "progress.jsonl", run_dir / "learner.port"
+    port_file.unlink(missing_ok=True)
+    learner_config = replace(learner_config, listen="127.0.0.1:0", checkpoint_dir=str(run_dir / "checkpoints"),
+                             progress_file=str(progress), port_file=str(port_file))
+    log.info("run directory %s; %d actors x %d envs on %s", run_dir, limits.actors, actor_config.num_envs,
+             learner_config.env)
+
+    learner = _spawn(["learner", *to_argv(learner_config)])
+    actors: list[subprocess.Popen] = []
+    started = time.monotonic()
+    reached = False
+    interrupted = False
+    try:
+        address = f"127.0.0.1:{_wait_for_port(port_file, learner)}"
+
+        def start_actor(index: int) -> subprocess.Popen:
+            config = replace(actor_config, learner=address, actor_id=f"actor-{index}",
+                             seed=actor_config.seed + 1000 * (index + 1))
+            return _spawn(["actor", *to_argv(config)])
+
+        actors = [start_actor(i) for i in range(limits.actors)]
+        restarts = [0] * limits.actors
+        while True:
+            time.sleep(POLL_SECONDS)
+            if learner.poll() is not None:
+                raise LaunchError(f"the learner exited with code {learner.returncode}")
+            for i, proc in enumerate(actors):
+                if proc.poll() is not None:
+                    if restarts[i] >= MAX_ACTOR_RESTARTS:
+                        raise LaunchError(f"actor {i} exited with code {proc.returncode} "
+                                          f"{MAX_ACTOR_RESTARTS + 1} times")
+                    log.warning("actor %d exited with code %d; restarting it", i, proc.returncode)
+                    restarts[i] += 1
+                    actors[i] = start_actor(i)
+            record = last_record(progress)
+            if target_reached(record, limits.stop_at_return):
+                reached = True
+                log.info("mean return %.2f reached the target %g", record["mean_return"], limits.stop_at_return)
+                break
+            if limits.max_seconds is not None and time.monotonic() - started >= limits.max_seconds:
+                log.info("time budget of %gs used up", limits.max_seconds)
+                break
+            if limits.max_frames is not None and record is not None and record["frames"] >= limits.max_frames:
+                log.info("frame budget of %d reached", limits.max_frames)
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+        log.info("interrupted; stopping")
+    finally:
+        _stop(actors, timeout=15.0)
+        _stop([learner], timeout=60.0)
+
+    record = last_record(progress) or {}
+    reached = reached or target_reached(record, limits.stop_at_return)
+    summary = {
+        "frames": record.get("frames", 0),
+        "agent_steps": record.get("agent_steps", 0),
+        "updates": record.get("updates", 0),
+        "episodes": record.get("episodes", 0),
+        "seconds": record.get("seconds", round(time.monotonic() - started, 3)),
+        "frames_per_second": record.get("average_frames_per_second", 0.0),
+        "mean_return": record.get("mean_return"),
+        "target_return": limits.stop_at_return,
+        "reached": reached,
+        "run_dir": str(run_dir),
+    }
+    print(json.dumps(summary), flush=True)
+    if limits.stop_at_return is not None:
+        return 0 if reached else 1
+    return 130 if interrupted else 0

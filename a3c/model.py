@@ -1,0 +1,69 @@
+"""The actor-critic networks: the A3C paper's CNN for Atari frames and a small MLP for vector observations."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str                     # "cnn" or "mlp"
+    obs_shape: tuple[int, ...]
+    num_actions: int
+
+
+class ActorCritic(nn.Module):
+    """A shared torso with a policy head (action logits) and a value head."""
+
+    def __init__(self, torso: nn.Module, torso_out: int, num_actions: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.torso = torso
+        self.policy = nn.Linear(torso_out, num_actions)
+        self.value = nn.Linear(torso_out, 1)
+        self.scale = scale  # uint8 frames come in as 0..255
+        for module in self.torso.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.orthogonal_(module.weight, gain=nn.init.calculate_gain("relu"))
+                nn.init.zeros_(module.bias)
+        # A near-uniform initial policy and an unbiased value estimate.
+        nn.init.orthogonal_(self.policy.weight, gain=0.01)
+        nn.init.zeros_(self.policy.bias)
+        nn.init.orthogonal_(self.value.weight, gain=1.0)
+        nn.init.zeros_(self.value.bias)
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """obs [B, *obs_shape] -> (logits [B, A], value [B])."""
+        features = self.torso(obs.float() * self.scale)
+        return self.policy(features), self.value(features).squeeze(-1)
+
+
+def build_model(spec: ModelSpec) -> ActorCritic:
+    if spec.kind == "cnn":
+        channels, height, width = spec.obs_shape
+        # The A3C paper's network: conv 16@8x8/4, conv 32@4x4/2, fc 256.
+        conv = [("conv1", nn.Conv2d(channels, 16, kernel_size=8, stride=4)), ("relu1", nn.ReLU()),
+                ("conv2", nn.Conv2d(16, 32, kernel_size=4, stride=2)), ("relu2", nn.ReLU()),
+                ("flatten", nn.Flatten())]
+        with torch.no_grad():
+            flat = nn.Sequential(OrderedDict(conv))(torch.zeros(1, channels, height, width)).shape[1]
+        torso = nn.Sequential(OrderedDict(conv + [("fc", nn.Linear(flat, 256)), ("relu3", nn.ReLU())]))
+        return ActorCritic(torso, 256, spec.num_actions, scale=1.0 / 255.0)
+    if spec.kind == "mlp":
+        (size,) = spec.obs_shape
+        torso = nn.Sequential(OrderedDict([("fc1", nn.Linear(size, 64)), ("tanh1", nn.Tanh()),
+                                           ("fc2", nn.Linear(64, 64)), ("tanh2", nn.Tanh())]))
+        return ActorCritic(torso, 64, spec.num_actions)
+    raise ValueError(f"unknown model kind {spec.kind!r}")
+
+
+def parameter_layout(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of each trainable parameter, in state_dict order: the order tensors travel in."""
+    return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+
+
+def parameter_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())

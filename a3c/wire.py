@@ -1,0 +1,32 @@
+"""What both ends of the gRPC link must agree on: message-size limits, keepalive, and the run spec."""
+
+from __future__ import annotations
+
+from a3c.model import ModelSpec
+from proto import a3c_pb2 as pb
+
+# Room beyond the raw tensor bytes for names, shapes, episode returns and framing.
+_MESSAGE_HEADROOM = 256 * 1024
+
+
+def message_limit(num_params: int) -> int:
+    """The largest message either side accepts: every parameter in float32, plus headroom."""
+    return num_params * 4 + num_params // 8 + _MESSAGE_HEADROOM
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """gRPC options used by the learner's server and the actors' channels alike."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def model_spec(spec: pb.RunSpec) -> ModelSpec:
+    return ModelSpec(kind=spec.model.kind, obs_shape=tuple(spec.model.obs_shape),
+                     num_actions=spec.model.num_actions)

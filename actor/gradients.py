@@ -1,0 +1,48 @@
+"""From a rollout to a clipped gradient of the A3C loss, computed on the actor's copy of the network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from a3c.losses import a3c_loss, n_step_returns
+from a3c.model import ActorCritic
+from actor.rollout import Rollout
+
+
+@dataclass
+class GradientResult:
+    gradients: list[torch.Tensor]
+    policy_loss: float
+    value_loss: float
+    entropy: float
+    grad_norm: float  # before clipping
+
+
+def compute_gradients(model: ActorCritic, rollout: Rollout, gamma: float, entropy_coef: float,
+                      value_coef: float, max_grad_norm: float, clip_rewards: bool) -> GradientResult:
+    t_max, n = rollout.actions.shape
+    obs_shape = rollout.obs.shape[2:]
+    rewards = torch.from_numpy(np.sign(rollout.rewards) if clip_rewards else rollout.rewards)
+    dones = torch.from_numpy(rollout.dones)
+    with torch.no_grad():
+        _, bootstrap = model(torch.from_numpy(rollout.obs[t_max]))
+        if rollout.truncated:
+            # A time limit is not a real end: the return continues past it, estimated by V(final state).
+            final_obs = torch.from_numpy(np.stack([o for _, _, o in rollout.truncated]))
+            _, final_values = model(final_obs)
+            rewards = rewards.clone()
+            for (t, i, _), value in zip(rollout.truncated, final_values):
+                rewards[t, i] += gamma * value
+    returns = n_step_returns(rewards, dones, bootstrap, gamma)
+
+    logits, values = model(torch.from_numpy(rollout.obs[:t_max].reshape((t_max * n,) + obs_shape)))
+    loss = a3c_loss(logits, values, torch.from_numpy(rollout.actions.reshape(-1)), returns.reshape(-1),
+                    entropy_coef, value_coef)
+    model.zero_grad(set_to_none=True)
+    loss.total.backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    return GradientResult(gradients=[p.grad for p in model.parameters()], policy_loss=loss.policy.item(),
+                          value_loss=loss.value.item(), entropy=loss.entropy.item(), grad_norm=norm.item())

@@ -1,0 +1,151 @@
+"""The actor process: pull parameters, roll out, compute the gradient locally, push it, repeat."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import threading
+import time
+
+import grpc
+import torch
+
+from a3c import codec
+from a3c.config import ActorConfig
+from a3c.errors import UserFacingError
+from a3c.model import build_model, parameter_layout
+from a3c.wire import model_spec
+from actor.client import LearnerClient, LearnerUnreachable
+from actor.gradients import compute_gradients
+from actor.rollout import VectorRollout
+from proto import a3c_pb2 as pb
+
+log = logging.getLogger("actor")
+
+# Refusals that only mean "your parameters are out of date": drop the gradient, pull, go on.
+_RESYNC = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
+# The learner is gone or slow: reconnect with backoff.
+_RECONNECT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+class ActorError(UserFacingError):
+    """The actor cannot go on; the message says why in one line."""
+
+
+def default_actor_id(name: str) -> str:
+    # A fresh suffix per process, so a restarted actor never replays an earlier incarnation's sequence numbers.
+    return f"{name or socket.gethostname() + '-' + str(os.getpid())}/{secrets.token_hex(3)}"
+
+
+class Actor:
+    def __init__(self, config: ActorConfig, stop: threading.Event | None = None) -> None:
+        self.config = config
+        self.stop = stop or threading.Event()
+        self.client = LearnerClient(config.learner, default_actor_id(config.actor_id), config.rpc_timeout)
+        self.seq = 0
+        self.version = -1
+        self.pushes_accepted = 0
+        self.env_frames = 0
+        self.model = None
+        self.rollout: VectorRollout | None = None
+
+    def _load(self, params: pb.Params) -> None:
+        if not params.tensors:
+            return
+        tensors = codec.decode_all(params.tensors, self.layout)
+        with torch.no_grad():
+            for param, value in zip(self.model.parameters(), tensors):
+                param.copy_(value)
+        self.version = params.version
+
+    def _setup(self) -> None:
+        spec = self.client.connect(self.config.connect_timeout)
+        if self.model is None:
+            self.spec = spec
+            self.model = build_model(model_spec(spec))
+            self.layout = parameter_layout(self.model)
+            self.rollout = VectorRollout(spec.env_id, self.config.num_envs, spec.t_max, self.config.seed)
+            log.info("%s connected to %s: %s, %d envs, t_max %d", self.client.actor_id, self.config.learner,
+                     spec.env_id, self.config.num_envs, spec.t_max)
+        elif (spec.env_id, spec.model) != (self.spec.env_id, self.spec.model):
+            raise ActorError(f"the learner at {self.config.learner} now trains {spec.env_id}, "
+                             f"not {self.spec.env_id}; restart this actor")
+        self.version = -1
+        self._load(self.client.get_params(self.version))
+
+    def _reconnect(self, why: str) -> None:
+        """Back off (capped, jittered, exponential) until the learner answers or connect_timeout passes."""
+        log.warning("lost the learner (%s); reconnecting", why)
+        deadline = time.monotonic() + self.config.connect_timeout
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                self._setup()
+                log.info("reconnected to %s at version %d", self.config.learner, self.version)
+                return
+            except (LearnerUnreachable, grpc.RpcError) as err:
+                if time.monotonic() >= deadline:
+                    raise ActorError(f"the learner at {self.config.learner} has not answered for "
+                                     f"{self.config.connect_timeout:g}s") from err
+            self.stop.wait(random.uniform(0.5, 1.0) * delay)
+            delay = min(delay * 2, 10.0)
+
+    def step(self) -> None:
+        """One rollout, one gradient, one push."""
+        spec = self.spec
+        rollout = self.rollout.collect(self.model)
+        result = compute_gradients(self.model, rollout, spec.gamma, spec.entropy_coef, spec.value_coef,
+                                   spec.max_grad_norm, spec.clip_rewards)
+        self.seq += 1
+        loss = pb.LossStats(policy_loss=result.policy_loss, value_loss=result.value_loss,
+                            entropy=result.entropy, grad_norm=result.grad_norm)
+        frames = rollout.agent_steps * spec.frames_per_step
+        try:
+            reply = self.client.push(self.seq, self.version, zip((n for n, _ in self.layout), result.gradients),
+                                     frames, rollout.agent_steps, rollout.episode_returns, loss)
+        except grpc.RpcError as err:
+            if err.code() in _RESYNC:
+                self.env_frames += frames  # the learner counted the rollout, only not its gradient
+                self._load(self.client.get_params(-1))
+                return
+            raise
+        self.env_frames += frames
+        self.pushes_accepted += 1
+        self._load(reply.params)
+
+    def run(self) -> int:
+        torch.set_num_threads(1)
+        torch.manual_seed(self.config.seed)
+        try:
+            self._setup()
+        except LearnerUnreachable as err:
+            raise ActorError(str(err)) from None
+        try:
+            while not self.stop.is_set():
+                try:
+                    self.step()
+                except grpc.RpcError as err:
+                    if err.code() not in _RECONNECT:
+                        raise ActorError(f"the learner refused a push: {err.code().name}: {err.details()}") from None
+                    self._reconnect(err.code().name)
+        finally:
+            self.close()
+        log.info("%s stopped after %d accepted pushes (%d frames)", self.client.actor_id,
+                 self.pushes_accepted, self.env_frames)
+        return 0
+
+    def close(self) -> None:
+        self.client.close()
+        if self.rollout is not None:
+            self.rollout.close()
+
+
+def main(config: ActorConfig) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return Actor(config, stop).run()

@@ -1,0 +1,1 @@
+"""The learner service: owns the global actor-critic, applies pushed gradients, serves parameters."""

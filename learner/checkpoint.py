@@ -1,0 +1,43 @@
+"""Checkpoints: written atomically (write, fsync, rename; the previous one kept), loaded without unpickling code."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+LATEST = "latest.pt"
+PREVIOUS = "previous.pt"
+
+
+def save(directory: str | Path, state: dict) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    latest, previous = directory / LATEST, directory / PREVIOUS
+    tmp = directory / f".{LATEST}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if latest.exists():
+        os.replace(latest, previous)
+    os.replace(tmp, latest)
+    return latest
+
+
+def load(path: str | Path) -> dict:
+    """Tensors, numbers, strings and containers only: `weights_only` refuses anything executable."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_newest(directory: str | Path) -> tuple[dict, Path] | None:
+    """The newest checkpoint in `directory` that loads, or None when there is none."""
+    for name in (LATEST, PREVIOUS):
+        path = Path(directory) / name
+        if path.exists():
+            try:
+                return load(path), path
+            except Exception:  # a torn or foreign file: fall back to the previous one
+                continue
+    return None

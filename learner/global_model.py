@@ -1,0 +1,73 @@
+"""The global actor-critic, its optimizer and its version: the state every actor contributes to."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Sequence
+
+import torch
+
+from a3c import codec
+from a3c.model import ModelSpec, build_model, parameter_layout
+from proto import a3c_pb2 as pb
+
+
+def make_optimizer(name: str, params, lr: float, rmsprop_alpha: float, eps: float) -> torch.optim.Optimizer:
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=rmsprop_alpha, eps=eps)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, eps=eps)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class GlobalModel:
+    """Applies gradients one at a time under a lock; each applied gradient bumps the version by one."""
+
+    def __init__(self, spec: ModelSpec, optimizer: str, lr: float, rmsprop_alpha: float = 0.99,
+                 eps: float = 1e-5, wire_dtype: torch.dtype = torch.float32) -> None:
+        self.spec = spec
+        self.model = build_model(spec)
+        self.params = list(self.model.parameters())
+        self.layout = parameter_layout(self.model)
+        self.optimizer = make_optimizer(optimizer, self.params, lr, rmsprop_alpha, eps)
+        self.wire_dtype = wire_dtype
+        self.version = 0
+        self.lock = threading.Lock()
+        self._encoded: tuple[int, list[pb.Tensor]] | None = None
+
+    def apply(self, gradients: Sequence[torch.Tensor]) -> int:
+        """One optimizer step with the given gradients (in layout order). Call with `lock` held."""
+        for param, grad in zip(self.params, gradients, strict=True):
+            param.grad = grad
+        self.optimizer.step()
+        for param in self.params:
+            param.grad = None
+        self.version += 1
+        return self.version
+
+    def params_message(self) -> pb.Params:
+        """The current parameters on the wire, encoded at most once per version. Call with `lock` held."""
+        if self._encoded is None or self._encoded[0] != self.version:
+            self._encoded = (self.version, codec.encode_all(self.model.named_parameters(), self.wire_dtype))
+        return pb.Params(version=self.version, tensors=self._encoded[1])
+
+    def state(self) -> dict:
+        """Model, optimizer and version as plain tensors and numbers (for checkpoints)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "version": self.version}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = int(state["version"])
+        self._encoded = None
+
+    def digest(self) -> str:
+        """A hash of the exact parameter bytes, to prove a refused push changed nothing."""
+        h = hashlib.sha256()
+        for p in self.params:
+            h.update(p.detach().contiguous().view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()

@@ -1,0 +1,160 @@
+"""The learner process: builds the global model, serves gRPC, logs progress, checkpoints, stops cleanly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent import futures
+from dataclasses import asdict
+from pathlib import Path
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from a3c import codec
+from a3c.config import LearnerConfig
+from a3c.envs import describe_env
+from a3c.errors import UserFacingError
+from a3c.model import ModelSpec
+from a3c.wire import channel_options, message_limit
+from learner import checkpoint
+from learner.global_model import GlobalModel
+from learner.servicer import LearnerServicer
+from learner.stats import TrainingStats, format_progress
+from proto import a3c_pb2 as pb
+from proto import a3c_pb2_grpc as pb_grpc
+
+log = logging.getLogger("learner")
+SERVICE_NAME = "a3c.v1.Learner"
+CHECKPOINT_FORMAT = 1
+
+
+class LearnerError(UserFacingError):
+    """The learner cannot start; the message says why in one line."""
+
+
+def build_run_spec(config: LearnerConfig, spec: ModelSpec, frames_per_step: int, clip_rewards: bool,
+                   num_params: int) -> pb.RunSpec:
+    return pb.RunSpec(
+        env_id=config.env,
+        model=pb.ModelSpec(kind=spec.kind, obs_shape=list(spec.obs_shape), num_actions=spec.num_actions),
+        t_max=config.t_max, gamma=config.gamma, entropy_coef=config.entropy_coef, value_coef=config.value_coef,
+        max_grad_norm=config.max_grad_norm, clip_rewards=clip_rewards, frames_per_step=frames_per_step,
+        wire_dtype=codec.wire_dtype(config.wire_dtype), max_message_bytes=message_limit(num_params),
+        max_staleness=config.max_staleness)
+
+
+class LearnerService:
+    def __init__(self, config: LearnerConfig) -> None:
+        self.config = config
+        torch.set_num_threads(1)
+        torch.manual_seed(config.seed)
+        info = describe_env(config.env)
+        self.model_spec = ModelSpec(info.model_kind, info.obs_shape, info.num_actions)
+        self.model = GlobalModel(self.model_spec, config.optimizer, config.lr, config.rmsprop_alpha,
+                                 config.optim_eps, codec.torch_dtype(config.wire_dtype))
+        self.stats = TrainingStats()
+        self.resumed_from = self._resume()
+        num_params = sum(p.numel() for p in self.model.params)
+        self.run_spec = build_run_spec(config, self.model_spec, info.frames_per_step, info.clip_rewards, num_params)
+        self.servicer = LearnerServicer(self.model, self.stats, self.run_spec)
+        self.health = health.HealthServicer()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),
+                                  options=channel_options(self.run_spec.max_message_bytes))
+        pb_grpc.add_LearnerServicer_to_server(self.servicer, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        try:
+            self.port = self.server.add_insecure_port(config.listen)
+        except RuntimeError:
+            self.port = 0
+        if not self.port and not config.listen.endswith(":0"):
+            raise LearnerError(f"cannot listen on {config.listen} (address in use or not local)")
+        self._last_checkpoint = time.monotonic()
+
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    def _checkpoint_state(self) -> dict:
+        return {"format": CHECKPOINT_FORMAT, "env": self.config.env, "model_spec": asdict(self.model_spec),
+                "global": self.model.state(), "stats": self.stats.state(), "torch_rng": torch.get_rng_state()}
+
+    def save_checkpoint(self) -> Path:
+        with self.model.lock:
+            state = self._checkpoint_state()
+        path = checkpoint.save(self.config.checkpoint_dir, state)
+        self._last_checkpoint = time.monotonic()
+        return path
+
+    def _resume(self) -> Path | None:
+        found = checkpoint.load_newest(self.config.checkpoint_dir)
+        if found is None:
+            return None
+        state, path = found
+        if state.get("env") != self.config.env or state.get("model_spec") != asdict(self.model_spec):
+            raise LearnerError(f"{path} holds a run of {state.get('env')!r}, not {self.config.env!r}; "
+                               f"use another --checkpoint-dir")
+        self.model.load_state(state["global"])
+        self.stats.load_state(state["stats"])
+        torch.set_rng_state(state["torch_rng"])
+        return path
+
+    # --- running -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.resumed_from:
+            log.info("resumed from %s at version %d (%d frames)", self.resumed_from, self.model.version,
+                     self.stats.env_frames)
+        log.info("serving on %s (port %d): %s, %s model with %d parameters, optimizer %s lr %g",
+                 self.config.listen, self.port, self.config.env, self.model_spec.kind,
+                 sum(p.numel() for p in self.model.params), self.config.optimizer, self.config.lr)
+        if self.config.port_file:
+            tmp = f"{self.config.port_file}.tmp"
+            Path(tmp).write_text(str(self.port))
+            os.replace(tmp, self.config.port_file)
+
+    def report(self) -> dict:
+        with self.model.lock:
+            version = self.model.version
+        record = self.stats.snapshot(version)
+        log.info(format_progress(record))
+        if self.config.progress_file:
+            with open(self.config.progress_file, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return record
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until `stop` is set, reporting every log interval and checkpointing every interval."""
+        interval = self.config.checkpoint_interval
+        while not stop.wait(self.config.log_interval):
+            self.report()
+            if interval and time.monotonic() - self._last_checkpoint >= interval:
+                self.save_checkpoint()
+
+    def shutdown(self) -> None:
+        """Stop taking pushes, let calls in flight finish, write the final record and checkpoint."""
+        self.servicer.accepting = False
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace=2.0).wait()
+        self.report()
+        path = self.save_checkpoint()
+        log.info("stopped at version %d; checkpoint %s", self.model.version, path)
+
+
+def main(config: LearnerConfig) -> int:
+    service = LearnerService(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    service.start()
+    try:
+        service.run(stop)
+    finally:
+        service.shutdown()
+    return 0

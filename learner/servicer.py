@@ -1,0 +1,101 @@
+"""The Learner gRPC service: hands out the run spec and parameters, checks and applies pushed gradients.
+
+A push is applied only when all of it is sound. Malformed gradients get INVALID_ARGUMENT, a base version the
+learner cannot use gets FAILED_PRECONDITION, a replayed `(actor_id, seq)` gets ALREADY_EXISTS; in every
+refused case the global parameters are untouched. OK means the gradient was applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import grpc
+import torch
+
+from a3c import codec
+from learner.global_model import GlobalModel
+from learner.stats import TrainingStats
+from proto import a3c_pb2 as pb
+from proto import a3c_pb2_grpc as pb_grpc
+
+log = logging.getLogger("learner")
+
+
+class PushRefused(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+
+
+class LearnerServicer(pb_grpc.LearnerServicer):
+    def __init__(self, model: GlobalModel, stats: TrainingStats, run_spec: pb.RunSpec) -> None:
+        self.model = model
+        self.stats = stats
+        self.run_spec = run_spec
+        self.rejected: dict[str, int] = {}
+        self._last_seq: dict[str, int] = {}
+        self.accepting = True
+
+    def GetRunSpec(self, request: pb.GetRunSpecRequest, context: grpc.ServicerContext) -> pb.RunSpec:
+        return self.run_spec
+
+    def GetParams(self, request: pb.GetParamsRequest, context: grpc.ServicerContext) -> pb.Params:
+        with self.model.lock:
+            if request.have_version == self.model.version:
+                return pb.Params(version=self.model.version)
+            return self.model.params_message()
+
+    def PushGradients(self, request: pb.PushGradientsRequest,
+                      context: grpc.ServicerContext) -> pb.PushGradientsResponse:
+        try:
+            return self._push(request)
+        except PushRefused as refused:
+            with self.model.lock:
+                self.rejected[refused.reason] = self.rejected.get(refused.reason, 0) + 1
+            log.debug("refused push from %s: %s", request.actor_id, refused)
+            context.abort(refused.code, f"{refused.reason}: {refused}")
+
+    def _push(self, request: pb.PushGradientsRequest) -> pb.PushGradientsResponse:
+        if not self.accepting:
+            raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", "the learner is shutting down")
+        gradients = self._check_gradients(request)
+        with self.model.lock:
+            version = self.model.version
+            if request.seq <= self._last_seq.get(request.actor_id, 0):
+                raise PushRefused(grpc.StatusCode.ALREADY_EXISTS, "duplicate",
+                                  f"push {request.seq} from {request.actor_id} was already received")
+            if request.base_version > version:
+                raise PushRefused(grpc.StatusCode.FAILED_PRECONDITION, "future_version",
+                                  f"base version {request.base_version} is ahead of the learner's {version}")
+            self._last_seq[request.actor_id] = request.seq
+            # The rollout happened whatever becomes of its gradient: count its frames and episodes.
+            self.stats.record_rollout(request.actor_id, request.env_frames, request.agent_steps,
+                                      request.episode_returns)
+            staleness = version - request.base_version
+            if staleness > self.run_spec.max_staleness:
+                raise PushRefused(grpc.StatusCode.FAILED_PRECONDITION, "stale",
+                                  f"base version {request.base_version} is {staleness} updates old "
+                                  f"(limit {self.run_spec.max_staleness})")
+            new_version = self.model.apply(gradients)
+            params = self.model.params_message() if request.want_params else None
+        loss = request.loss
+        self.stats.record_update(loss.policy_loss, loss.value_loss, loss.entropy, loss.grad_norm)
+        return pb.PushGradientsResponse(version=new_version, params=params)
+
+    def _check_gradients(self, request: pb.PushGradientsRequest) -> list[torch.Tensor]:
+        if not request.actor_id:
+            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "no_actor_id", "actor_id is empty")
+        if request.env_frames < 0 or request.agent_steps < 0:
+            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "bad_counts", "frame counts must not be negative")
+        if not all(math.isfinite(r) for r in request.episode_returns):
+            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite", "an episode return is not finite")
+        try:
+            gradients = codec.decode_all(request.gradients, self.model.layout)
+        except codec.CodecError as err:
+            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, err.reason, str(err)) from None
+        for (name, _), grad in zip(self.model.layout, gradients):
+            if not torch.isfinite(grad).all():
+                raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite", f"{name}: gradient has NaN or Inf")
+        return gradients

@@ -21,24 +21,27 @@ class GradientResult:
     grad_norm: float  # before clipping
 
 
-def compute_gradients(model: ActorCritic, rollout: Rollout, gamma: float, entropy_coef: float,
-                      value_coef: float, max_grad_norm: float, clip_rewards: bool) -> GradientResult:
-    t_max, n = rollout.actions.shape
-    obs_shape = rollout.obs.shape[2:]
+def rollout_returns(model: ActorCritic, rollout: Rollout, gamma: float, clip_rewards: bool) -> torch.Tensor:
+    """n-step returns [T, N], bootstrapped from V(s_T), and from V(final state) where a time limit cut in."""
+    t_max = rollout.actions.shape[0]
     rewards = torch.from_numpy(np.sign(rollout.rewards) if clip_rewards else rollout.rewards)
-    dones = torch.from_numpy(rollout.dones)
     with torch.no_grad():
         _, bootstrap = model(torch.from_numpy(rollout.obs[t_max]))
         if rollout.truncated:
-            # A time limit is not a real end: the return continues past it, estimated by V(final state).
-            final_obs = torch.from_numpy(np.stack([o for _, _, o in rollout.truncated]))
-            _, final_values = model(final_obs)
+            # A time limit is not a real end: the return goes on past it, estimated by V(final state).
+            _, final_values = model(torch.from_numpy(np.stack([o for _, _, o in rollout.truncated])))
             rewards = rewards.clone()
             for (t, i, _), value in zip(rollout.truncated, final_values):
                 rewards[t, i] += gamma * value
-    returns = n_step_returns(rewards, dones, bootstrap, gamma)
+    return n_step_returns(rewards, torch.from_numpy(rollout.dones), bootstrap, gamma)
 
-    logits, values = model(torch.from_numpy(rollout.obs[:t_max].reshape((t_max * n,) + obs_shape)))
+
+def compute_gradients(model: ActorCritic, rollout: Rollout, gamma: float, entropy_coef: float,
+                      value_coef: float, max_grad_norm: float, clip_rewards: bool) -> GradientResult:
+    t_max, n = rollout.actions.shape
+    returns = rollout_returns(model, rollout, gamma, clip_rewards)
+    obs = torch.from_numpy(rollout.obs[:t_max].reshape((t_max * n,) + rollout.obs.shape[2:]))
+    logits, values = model(obs)
     loss = a3c_loss(logits, values, torch.from_numpy(rollout.actions.reshape(-1)), returns.reshape(-1),
                     entropy_coef, value_coef)
     model.zero_grad(set_to_none=True)

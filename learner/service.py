@@ -65,7 +65,9 @@ class LearnerService:
         self.servicer = LearnerServicer(self.model, self.stats, self.run_spec)
         self.health = health.HealthServicer()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),
-                                  options=channel_options(self.run_spec.max_message_bytes))
+                                  # Without this, a second learner on a taken port would share it silently.
+                                  options=channel_options(self.run_spec.max_message_bytes)
+                                  + [("grpc.so_reuseport", 0)])
         pb_grpc.add_LearnerServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         try:

@@ -1,0 +1,28 @@
+# The two commands: `make train` (Pong, embedded local mode) and `make test` (the suite).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: train test proto clean
+
+# CPU build of torch first, pinned, so nothing can pull a CUDA build in; then the project and its test tools.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/a3c train $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+# Regenerate proto/a3c_pb2*.py after editing proto/a3c.proto (a test fails while they are stale).
+proto: $(STAMP)
+	$(BIN)/python -m proto.generate
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

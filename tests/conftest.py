@@ -1,0 +1,51 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from a3c.config import LearnerConfig
+from a3c.wire import channel_options
+from learner.service import LearnerService
+from proto import a3c_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def start_learner(tmp_path):
+    """Start real learner services on 127.0.0.1:0 (CartPole unless told otherwise); stopped after the test."""
+    services = []
+
+    def start(**overrides) -> LearnerService:
+        settings = dict(env="CartPole-v1", listen="127.0.0.1:0", checkpoint_dir=str(tmp_path / "checkpoints"),
+                        log_interval=60.0)
+        settings.update(overrides)
+        service = LearnerService(LearnerConfig(**settings))
+        service.start()
+        services.append(service)
+        return service
+
+    yield start
+    for service in services:
+        service.server.stop(grace=None)
+
+
+@pytest.fixture
+def learner(start_learner) -> LearnerService:
+    return start_learner()
+
+
+@pytest.fixture
+def stub(learner):
+    with grpc.insecure_channel(f"127.0.0.1:{learner.port}",
+                               options=channel_options(learner.run_spec.max_message_bytes)) as channel:
+        yield pb_grpc.LearnerStub(channel)
+
+
+def run_a3c(*args: str, timeout: float = 120, env: dict | None = None, cwd: Path | None = None):
+    """Run the real `a3c` command in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "a3c", *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=cwd or ROOT)

@@ -1,0 +1,72 @@
+"""The actor loop against a real learner, and the parts of its gradient computation that are easy to get wrong."""
+
+import threading
+import time
+
+import numpy as np
+import torch
+
+from a3c.config import ActorConfig
+from a3c.model import ModelSpec, build_model
+from actor.gradients import rollout_returns
+from actor.rollout import Rollout, VectorRollout
+from actor.service import Actor
+
+
+def test_actor_pushes_and_follows_the_learner(learner):
+    stop = threading.Event()
+    actor = Actor(ActorConfig(learner=f"127.0.0.1:{learner.port}", num_envs=2, connect_timeout=10), stop)
+    thread = threading.Thread(target=actor.run)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while learner.model.version < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert learner.model.version >= 20
+    assert actor.pushes_accepted == learner.stats.updates == learner.model.version
+    assert actor.env_frames == learner.stats.env_frames
+    # The actor's network equals the version it last received.
+    assert actor.version == learner.model.version
+    for mine, theirs in zip(actor.model.parameters(), learner.model.params):
+        assert torch.equal(mine, theirs.detach())
+
+
+def constant_value_model(value: float):
+    model = build_model(ModelSpec("mlp", (4,), 2))
+    with torch.no_grad():
+        model.value.weight.zero_()
+        model.value.bias.fill_(value)
+    return model
+
+
+def test_time_limit_bootstraps_from_final_state_but_termination_does_not():
+    model = constant_value_model(10.0)
+    obs = np.zeros((3, 2, 4), dtype=np.float32)
+    rollout = Rollout(obs=obs, actions=np.zeros((2, 2), dtype=np.int64),
+                      rewards=np.ones((2, 2), dtype=np.float32), dones=np.array([[1, 1], [0, 0]], np.float32),
+                      truncated=[(0, 1, np.zeros(4, np.float32))])
+    returns = rollout_returns(model, rollout, gamma=0.5, clip_rewards=False)
+    # env 0 terminated at t=0: R = 1; env 1 was cut by a time limit at t=0: R = 1 + 0.5 * V = 6.
+    assert returns[0].tolist() == [1.0, 6.0]
+    assert returns[1].tolist() == [1.0 + 0.5 * 10, 1.0 + 0.5 * 10]
+
+
+def test_rewards_are_clipped_to_their_sign_when_asked():
+    model = constant_value_model(0.0)
+    rollout = Rollout(obs=np.zeros((2, 1, 4), np.float32), actions=np.zeros((1, 1), np.int64),
+                      rewards=np.array([[7.0]], np.float32), dones=np.array([[1.0]], np.float32))
+    assert rollout_returns(model, rollout, 0.9, clip_rewards=True).item() == 1.0
+    assert rollout_returns(model, rollout, 0.9, clip_rewards=False).item() == 7.0
+
+
+def test_vector_rollout_reports_finished_episodes_with_unclipped_returns():
+    rollout = VectorRollout("CartPole-v1", num_envs=4, t_max=50, seed=3)
+    model = build_model(ModelSpec("mlp", (4,), 2))
+    batch = rollout.collect(model)
+    assert batch.obs.shape == (51, 4, 4) and batch.actions.shape == (50, 4)
+    # A random CartPole policy falls within 50 steps; each finished episode's return is its length.
+    assert batch.episode_returns and sum(batch.episode_returns) <= batch.rewards.sum()
+    assert int(batch.dones.sum()) == len(batch.episode_returns)
+    rollout.close()

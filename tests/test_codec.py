@@ -1,0 +1,105 @@
+"""The tensor codec: exact round trips for every dtype and layout, and refusal of anything malformed."""
+
+import pytest
+import torch
+
+from a3c import codec
+from proto import a3c_pb2 as pb
+
+ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8]
+
+
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
+def test_round_trip_every_dtype(dtype):
+    source = (torch.randn(3, 5) * 100).to(dtype)
+    message = codec.encode("w", source)
+    assert message.dtype == codec.WIRE_DTYPES[dtype]
+    assert list(message.shape) == [3, 5]
+    decoded = codec.decode(message)
+    assert decoded.dtype == dtype
+    assert torch.equal(decoded, source)
+
+
+def test_bytes_are_little_endian_c_order():
+    message = codec.encode("w", torch.tensor([[1, 2], [3, 256]], dtype=torch.int32))
+    assert message.data == bytes([1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 1, 0, 0])
+
+
+def test_non_contiguous_tensor_round_trips_by_value():
+    base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
+    view = base.t()[1:, ::2]
+    assert not view.is_contiguous()
+    assert torch.equal(codec.decode(codec.encode("v", view)), view)
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 4, 5)])
+def test_empty_tensor_round_trips(shape):
+    decoded = codec.decode(codec.encode("e", torch.empty(shape)))
+    assert decoded.shape == shape
+
+
+def test_scalar_round_trips():
+    assert codec.decode(codec.encode("s", torch.tensor(2.5))).item() == 2.5
+
+
+def test_conversion_to_wire_dtype():
+    source = torch.tensor([1.0, 0.5, -2.0])
+    message = codec.encode("w", source, torch.float16)
+    assert message.dtype == pb.FLOAT16 and len(message.data) == 6
+    assert torch.equal(codec.decode(message).float(), source)
+
+
+def test_decoded_tensor_owns_writable_memory():
+    message = codec.encode("w", torch.ones(4))
+    decoded = codec.decode(message)
+    decoded += 1  # must not touch the message's bytes
+    assert torch.equal(codec.decode(message), torch.ones(4))
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00" * 15, b"\x00" * 17])
+def test_wrong_byte_count_is_refused(data):
+    message = pb.Tensor(name="w", dtype=pb.FLOAT32, shape=[2, 2], data=data)
+    with pytest.raises(codec.CodecError) as err:
+        codec.decode(message)
+    assert err.value.reason == "bad_size"
+
+
+def test_unknown_dtype_is_refused():
+    with pytest.raises(codec.CodecError) as err:
+        codec.decode(pb.Tensor(name="w", dtype=pb.DTYPE_UNSPECIFIED, shape=[1], data=b"\x00" * 4))
+    assert err.value.reason == "bad_dtype"
+    with pytest.raises(codec.CodecError):
+        codec.decode(pb.Tensor(name="w", dtype=99, shape=[1], data=b"\x00" * 4))
+
+
+def test_negative_dimension_is_refused():
+    with pytest.raises(codec.CodecError) as err:
+        codec.decode(pb.Tensor(name="w", dtype=pb.FLOAT32, shape=[-1, -4], data=b"\x00" * 16))
+    assert err.value.reason == "bad_shape"
+
+
+LAYOUT = [("a", (2, 3)), ("b", (3,))]
+
+
+def _messages(**changes):
+    tensors = {"a": torch.ones(2, 3), "b": torch.ones(3)}
+    tensors.update(changes)
+    return codec.encode_all(tensors.items())
+
+
+def test_decode_all_checks_against_layout():
+    decoded = codec.decode_all(_messages(), LAYOUT)
+    assert [t.shape for t in decoded] == [(2, 3), (3,)]
+
+
+@pytest.mark.parametrize("messages, reason", [
+    (lambda: _messages()[:1], "missing_tensor"),
+    (lambda: _messages() + [codec.encode("c", torch.ones(1))], "unknown_tensor"),
+    (lambda: list(reversed(_messages())), "tensor_order"),
+    (lambda: _messages(b=torch.ones(4)), "bad_shape"),
+    (lambda: _messages(b=torch.ones(3, dtype=torch.int64)), "bad_dtype"),
+])
+def test_decode_all_refuses_mismatches(messages, reason):
+    with pytest.raises(codec.CodecError) as err:
+        codec.decode_all(messages(), LAYOUT)
+    assert err.value.reason == reason

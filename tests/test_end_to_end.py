@@ -1,0 +1,85 @@
+"""`a3c train` through real processes: the learner and actors as separate programs on loopback."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, run_a3c
+
+
+def summary(result):
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def progress(run_dir):
+    return [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_cartpole_reaches_195(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_a3c("train", "--env", "CartPole-v1", "--actors", "2", "--stop-at-return", "195",
+                     "--max-seconds", "300", "--run-dir", str(run_dir), "--log-interval", "1", timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = summary(result)
+    assert final["reached"] is True and final["mean_return"] >= 195
+    assert set(final) >= {"frames", "updates", "episodes", "seconds", "frames_per_second", "mean_return"}
+    assert final["frames"] > 0 and final["updates"] > 0 and final["episodes"] >= 100
+    assert (run_dir / "checkpoints" / "latest.pt").exists()
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_missed_target_exits_non_zero(tmp_path):
+    result = run_a3c("train", "--env", "CartPole-v1", "--actors", "1", "--stop-at-return", "1000",
+                     "--max-frames", "3000", "--run-dir", str(tmp_path / "run"), "--log-interval", "1")
+    assert result.returncode == 1, result.stderr[-3000:]
+    final = summary(result)
+    assert final["reached"] is False and final["frames"] >= 3000
+
+
+@pytest.mark.slow
+def test_pong_smoke_two_actors(tmp_path):
+    """Two actors on real ALE Pong push gradients for ~30 s: the version climbs and losses stay finite."""
+    run_dir = tmp_path / "run"
+    result = run_a3c("train", "--actors", "2", "--num-envs", "4", "--max-seconds", "30",
+                     "--run-dir", str(run_dir), "--log-interval", "2", timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = summary(result)
+    records = progress(run_dir)
+    versions = [r["version"] for r in records]
+    assert versions == sorted(versions) and versions[-1] > 20
+    trained = [r for r in records if r["policy_loss"] is not None]
+    assert len(trained) >= 3
+    for record in trained:
+        for key in ("policy_loss", "value_loss", "entropy", "grad_norm"):
+            assert record[key] == record[key] and abs(record[key]) < 1e6, (key, record)
+    assert final["frames"] == 4 * final["agent_steps"] > 0
+    assert final["updates"] == versions[-1]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_process_and_still_reports(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "a3c", "train", "--env", "CartPole-v1", "--actors", "2",
+                             "--run-dir", str(run_dir), "--log-interval", "1"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (
+            (run_dir / "progress.jsonl").exists() and progress(run_dir)[-1]["updates"] > 0):
+        time.sleep(0.2)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 3  # one learner, two actors
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert json.loads(stdout.strip().splitlines()[-1])["updates"] > 0
+    assert "Traceback" not in stderr
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"

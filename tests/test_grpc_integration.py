@@ -1,0 +1,148 @@
+"""A real learner server on port 0 and real clients: the pull / push / pull cycle and refused pushes."""
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from a3c import codec
+from a3c.model import build_model, parameter_layout
+from a3c.wire import model_spec
+from actor.client import LearnerClient, LearnerUnreachable
+from actor.gradients import compute_gradients
+from actor.rollout import VectorRollout
+from proto import a3c_pb2 as pb
+from proto import a3c_pb2_grpc as pb_grpc
+
+
+def test_actor_client_pull_push_pull(learner):
+    client = LearnerClient(f"127.0.0.1:{learner.port}", "it-actor", rpc_timeout=10)
+    spec = client.connect(timeout=10)
+    assert (spec.env_id, spec.model.kind, list(spec.model.obs_shape), spec.model.num_actions) == (
+        "CartPole-v1", "mlp", [4], 2)
+    assert spec.t_max == learner.config.t_max and spec.max_message_bytes > 4 * 4675
+
+    first = client.get_params(-1)
+    assert first.version == 0 and len(first.tensors) == len(learner.model.layout)
+    assert not client.get_params(0).tensors  # nothing new: no tensors sent again
+
+    model = build_model(model_spec(spec))
+    layout = parameter_layout(model)
+    with torch.no_grad():
+        for p, t in zip(model.parameters(), codec.decode_all(first.tensors, layout)):
+            p.copy_(t)
+    rollout = VectorRollout(spec.env_id, num_envs=3, t_max=spec.t_max, seed=1).collect(model)
+    result = compute_gradients(model, rollout, spec.gamma, spec.entropy_coef, spec.value_coef,
+                               spec.max_grad_norm, spec.clip_rewards)
+    reply = client.push(1, 0, zip((n for n, _ in layout), result.gradients), env_frames=rollout.agent_steps,
+                        agent_steps=rollout.agent_steps, episode_returns=[12.0], loss=pb.LossStats(entropy=0.69))
+    assert reply.version == 1
+
+    second = client.get_params(0)
+    assert second.version == 1
+    for message, p in zip(second.tensors, learner.model.params):
+        assert torch.equal(codec.decode(message), p.detach())
+    assert not torch.equal(codec.decode(second.tensors[0]), codec.decode(first.tensors[0]))
+    assert (learner.stats.env_frames, learner.stats.episodes, learner.stats.updates) == (3 * spec.t_max, 1, 1)
+    client.close()
+
+
+def test_health_service_reports_serving(learner):
+    with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "a3c.v1.Learner"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_unreachable_learner_raises_after_timeout():
+    client = LearnerClient("127.0.0.1:1", "nobody", rpc_timeout=1)
+    with pytest.raises(LearnerUnreachable, match="127.0.0.1:1"):
+        client.connect(timeout=0.5)
+
+
+def _gradients(learner, **replace):
+    grads = {name: torch.zeros(shape) for name, shape in learner.model.layout}
+    grads.update(replace)
+    return codec.encode_all(grads.items())
+
+
+def _refusals(learner):
+    name, shape = learner.model.layout[0]
+    truncated = _gradients(learner)
+    truncated[0].data = truncated[0].data[:-3]
+    oversized = _gradients(learner)
+    oversized[0].data = b"\x00" * (learner.run_spec.max_message_bytes + 1)
+    return {
+        "nan": (dict(gradients=_gradients(learner, **{name: torch.full(shape, float("nan"))})),
+                grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
+        "inf": (dict(gradients=_gradients(learner, **{name: torch.full(shape, float("inf"))})),
+                grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
+        "wrong_shape": (dict(gradients=_gradients(learner, **{name: torch.zeros(3, 3)})),
+                        grpc.StatusCode.INVALID_ARGUMENT, "bad_shape"),
+        "wrong_dtype": (dict(gradients=_gradients(learner, **{name: torch.zeros(shape, dtype=torch.int64)})),
+                        grpc.StatusCode.INVALID_ARGUMENT, "bad_dtype"),
+        "missing_tensor": (dict(gradients=_gradients(learner)[1:]), grpc.StatusCode.INVALID_ARGUMENT,
+                           "missing_tensor"),
+        "extra_tensor": (dict(gradients=_gradients(learner) + [codec.encode("extra", torch.zeros(1))]),
+                         grpc.StatusCode.INVALID_ARGUMENT, "unknown_tensor"),
+        "truncated_bytes": (dict(gradients=truncated), grpc.StatusCode.INVALID_ARGUMENT, "bad_size"),
+        "future_version": (dict(gradients=_gradients(learner), base_version=5), grpc.StatusCode.FAILED_PRECONDITION,
+                           "future_version"),
+        "no_actor_id": (dict(gradients=_gradients(learner), actor_id=""), grpc.StatusCode.INVALID_ARGUMENT,
+                        "no_actor_id"),
+        "nan_return": (dict(gradients=_gradients(learner), episode_returns=[float("nan")]),
+                       grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
+        "oversized": (dict(gradients=oversized), grpc.StatusCode.RESOURCE_EXHAUSTED, None),
+    }
+
+
+@pytest.mark.parametrize("case", ["nan", "inf", "wrong_shape", "wrong_dtype", "missing_tensor", "extra_tensor",
+                                  "truncated_bytes", "future_version", "no_actor_id", "nan_return", "oversized"])
+def test_malformed_push_is_refused_and_changes_nothing(learner, stub, case):
+    fields, code, reason = _refusals(learner)[case]
+    request = pb.PushGradientsRequest(**{"actor_id": "bad", "seq": 1, "base_version": 0, **fields})
+    digest = learner.model.digest()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.PushGradients(request, timeout=10)
+    assert err.value.code() == code
+    assert learner.model.digest() == digest
+    assert learner.model.version == 0
+    if reason is not None:
+        assert reason in err.value.details()
+        assert learner.servicer.rejected == {reason: 1}
+
+
+def test_replayed_push_is_applied_once(learner, stub):
+    request = pb.PushGradientsRequest(actor_id="a", seq=7, base_version=0, gradients=_gradients(learner))
+    assert stub.PushGradients(request, timeout=10).version == 1
+    digest = learner.model.digest()
+    with pytest.raises(grpc.RpcError) as err:
+        stub.PushGradients(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert (learner.model.version, learner.model.digest()) == (1, digest)
+    assert learner.servicer.rejected == {"duplicate": 1}
+
+
+def test_too_stale_push_is_refused(start_learner):
+    learner = start_learner(max_staleness=2)
+    with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
+        stub = pb_grpc.LearnerStub(channel)
+        for seq in range(1, 4):
+            stub.PushGradients(pb.PushGradientsRequest(actor_id="fast", seq=seq, base_version=seq - 1,
+                                                       gradients=_gradients(learner)), timeout=10)
+        digest = learner.model.digest()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PushGradients(pb.PushGradientsRequest(actor_id="slow", seq=1, base_version=0,
+                                                       gradients=_gradients(learner)), timeout=10)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "stale" in err.value.details()
+    assert (learner.model.version, learner.model.digest()) == (3, digest)
+
+
+def test_gradient_from_the_wire_in_float16_is_accepted(learner, stub):
+    grads = [codec.encode(n, torch.full(s, 0.5), torch.float16) for n, s in learner.model.layout]
+    reply = stub.PushGradients(pb.PushGradientsRequest(actor_id="h", seq=1, base_version=0, gradients=grads),
+                               timeout=10)
+    assert reply.version == 1
+    assert np.isfinite(learner.model.params[0].detach().numpy()).all()

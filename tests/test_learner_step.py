@@ -1,0 +1,42 @@
+"""One learner step: a known gradient through plain SGD moves every parameter by -lr * gradient."""
+
+import grpc
+import torch
+
+from a3c import codec
+from a3c.model import ModelSpec
+from learner.global_model import GlobalModel
+from proto import a3c_pb2 as pb
+from proto import a3c_pb2_grpc as pb_grpc
+
+SPEC = ModelSpec(kind="mlp", obs_shape=(4,), num_actions=2)
+
+
+def test_apply_with_sgd_subtracts_lr_times_gradient_and_bumps_version():
+    torch.manual_seed(0)
+    model = GlobalModel(SPEC, optimizer="sgd", lr=0.25)
+    before = [p.detach().clone() for p in model.params]
+    gradients = [torch.randn_like(p) for p in model.params]
+    with model.lock:
+        version = model.apply(gradients)
+    assert version == 1 == model.version
+    for p, p0, g in zip(model.params, before, gradients):
+        torch.testing.assert_close(p.detach(), p0 - 0.25 * g, rtol=0, atol=1e-7)
+        assert p.grad is None
+
+
+def test_one_push_over_grpc_applies_exactly_the_sent_gradient(start_learner):
+    learner = start_learner(optimizer="sgd", lr=0.5)
+    model = learner.model
+    before = [p.detach().clone() for p in model.params]
+    gradients = [torch.full_like(p, 0.125) for p in model.params]
+    with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
+        reply = pb_grpc.LearnerStub(channel).PushGradients(pb.PushGradientsRequest(
+            actor_id="t", seq=1, base_version=0, gradients=codec.encode_all(zip((n for n, _ in model.layout), gradients)),
+            env_frames=5, agent_steps=5, want_params=True), timeout=10)
+    assert reply.version == 1
+    for p, p0 in zip(model.params, before):
+        torch.testing.assert_close(p.detach(), p0 - 0.5 * 0.125, rtol=0, atol=1e-7)
+    # The reply carries the new parameters, bit for bit.
+    for message, p in zip(reply.params.tensors, model.params):
+        assert torch.equal(codec.decode(message), p.detach())

@@ -4,7 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: train test proto clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: train test proto tools clean
 
 # CPU build of torch first, pinned, so nothing can pull a CUDA build in; then the project and its test tools.
 $(STAMP): pyproject.toml
@@ -17,7 +19,13 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/a3c train $(ARGS)
 
-test: $(STAMP)
+# The observability tests run a real Prometheus server and promtool: Debian's package, installed when missing.
+tools:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+	  echo "installing Debian's prometheus package (for the metrics tests)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # Regenerate proto/a3c_pb2*.py after editing proto/a3c.proto (a test fails while they are stale).

@@ -38,8 +38,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 # Settings `a3c train` chooses itself for the processes it starts.
-LOCAL_ONLY_LEARNER = ("listen", "checkpoint_dir", "progress_file", "port_file", "workers")
-LOCAL_ONLY_ACTOR = ("learner", "actor_id")
+LOCAL_ONLY_LEARNER = ("listen", "checkpoint_dir", "progress_file", "port_file", "workers", "metrics_port")
+LOCAL_ONLY_ACTOR = ("learner", "actor_id", "metrics_port")
 
 
 def build_parser() -> argparse.ArgumentParser:

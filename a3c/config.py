@@ -40,6 +40,10 @@ def _check_address(name: str, address: str) -> None:
              f"--{name.replace('_', '-')} must be HOST:PORT with a port in 0-65535, got {address!r}")
 
 
+def _check_port(name: str, port: int) -> None:
+    _require(0 <= port <= 65535, f"--{name.replace('_', '-')} must be in 0-65535, got {port}")
+
+
 @dataclass(frozen=True)
 class HyperParams:
     """The A3C settings the learner owns; actors receive the rollout part of them over the wire."""
@@ -84,6 +88,7 @@ class LearnerConfig(HyperParams):
     port_file: str = option("", "write the bound gRPC port to this file once serving (for launchers)")
     log_interval: float = option(5.0, "seconds between progress lines")
     workers: int = option(8, "gRPC server worker threads")
+    metrics_port: int = option(9400, "port of the Prometheus /metrics endpoint (0 picks a free port)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,6 +96,7 @@ class LearnerConfig(HyperParams):
         _require(self.checkpoint_interval >= 0, "--checkpoint-interval must not be negative")
         _require(self.log_interval > 0, f"--log-interval must be positive, got {self.log_interval}")
         _require(self.workers >= 1, f"--workers must be at least 1, got {self.workers}")
+        _check_port("metrics_port", self.metrics_port)
 
 
 @dataclass(frozen=True)
@@ -103,12 +109,14 @@ class ActorConfig:
     actor_id: str = option("", "name reported to the learner (default: host name and process id)")
     connect_timeout: float = option(60.0, "seconds to keep trying to reach the learner before giving up")
     rpc_timeout: float = option(10.0, "deadline of each call to the learner, in seconds")
+    metrics_port: int = option(9401, "port of the Prometheus /metrics endpoint (0 picks a free port)")
 
     def __post_init__(self) -> None:
         _check_address("learner", self.learner)
         _require(self.num_envs >= 1, f"--num-envs must be at least 1, got {self.num_envs}")
         _require(self.connect_timeout > 0, "--connect-timeout must be positive")
         _require(self.rpc_timeout > 0, "--rpc-timeout must be positive")
+        _check_port("metrics_port", self.metrics_port)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -61,6 +62,19 @@ def _stop(processes: list[subprocess.Popen], timeout: float) -> None:
             proc.wait()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_scrape_targets(path: Path, learner_port: int, actor_ports: list[int]) -> None:
+    """A Prometheus file_sd list of this run's /metrics endpoints, with the job names the dashboard uses."""
+    groups = [{"targets": [f"127.0.0.1:{learner_port}"], "labels": {"job": "learner"}},
+              {"targets": [f"127.0.0.1:{p}" for p in actor_ports], "labels": {"job": "actor"}}]
+    path.write_text(json.dumps(groups, indent=2) + "\n")
+
+
 def last_record(progress: Path) -> Optional[dict]:
     """The newest complete line of a progress file."""
     try:
@@ -99,9 +113,14 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
     progress, port_file = run_dir / "progress.jsonl", run_dir / "learner.port"
     port_file.unlink(missing_ok=True)
     learner_config = replace(learner_config, listen="127.0.0.1:0", checkpoint_dir=str(run_dir / "checkpoints"),
-                             progress_file=str(progress), port_file=str(port_file))
+                             progress_file=str(progress), port_file=str(port_file), metrics_port=free_port())
+    actor_ports = [free_port() for _ in range(limits.actors)]
+    write_scrape_targets(run_dir / "scrape-targets.json", learner_config.metrics_port, actor_ports)
     log.info("run directory %s; %d actors x %d envs on %s", run_dir, limits.actors, actor_config.num_envs,
              learner_config.env)
+    log.info("metrics: learner http://127.0.0.1:%d/metrics, actors %s (Prometheus file_sd list in %s)",
+             learner_config.metrics_port, ", ".join(f"http://127.0.0.1:{p}/metrics" for p in actor_ports),
+             run_dir / "scrape-targets.json")
 
     learner = _spawn(["learner", *to_argv(learner_config)])
     actors: list[subprocess.Popen] = []
@@ -113,7 +132,7 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
 
         def start_actor(index: int) -> subprocess.Popen:
             config = replace(actor_config, learner=address, actor_id=f"actor-{index}",
-                             seed=actor_config.seed + 1000 * (index + 1))
+                             seed=actor_config.seed + 1000 * (index + 1), metrics_port=actor_ports[index])
             return _spawn(["actor", *to_argv(config)])
 
         actors = [start_actor(i) for i in range(limits.actors)]

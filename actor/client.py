@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import grpc
 import torch
 
 from a3c import codec
 from a3c.wire import channel_options
+from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
@@ -18,10 +20,11 @@ class LearnerUnreachable(RuntimeError):
 
 
 class LearnerClient:
-    def __init__(self, address: str, actor_id: str, rpc_timeout: float) -> None:
+    def __init__(self, address: str, actor_id: str, rpc_timeout: float, metrics: ActorMetrics) -> None:
         self.address = address
         self.actor_id = actor_id
         self.rpc_timeout = rpc_timeout
+        self.metrics = metrics
         self.spec: pb.RunSpec | None = None
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.LearnerStub | None = None
@@ -42,9 +45,23 @@ class LearnerClient:
         self._stub = pb_grpc.LearnerStub(self._channel)
         return spec
 
+    def _call(self, method: str, rpc: Callable, request):
+        """One timed call with the standard deadline; bytes and failures are counted."""
+        start = time.perf_counter()
+        try:
+            reply = rpc(request, timeout=self.rpc_timeout)
+        except grpc.RpcError as err:
+            self.metrics.rpc_errors.labels(method, err.code().name).inc()
+            raise
+        finally:
+            self.metrics.rpc_seconds.labels(method).observe(time.perf_counter() - start)
+            self.metrics.sent_bytes.inc(request.ByteSize())
+        self.metrics.received_bytes.inc(reply.ByteSize())
+        return reply
+
     def get_params(self, have_version: int) -> pb.Params:
-        return self._stub.GetParams(pb.GetParamsRequest(actor_id=self.actor_id, have_version=have_version),
-                                    timeout=self.rpc_timeout)
+        request = pb.GetParamsRequest(actor_id=self.actor_id, have_version=have_version)
+        return self._call("GetParams", self._stub.GetParams, request)
 
     def push(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
              env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
@@ -54,7 +71,7 @@ class LearnerClient:
             actor_id=self.actor_id, seq=seq, base_version=base_version,
             gradients=codec.encode_all(named_gradients, dtype), env_frames=env_frames, agent_steps=agent_steps,
             episode_returns=episode_returns, loss=loss, want_params=want_params)
-        return self._stub.PushGradients(request, timeout=self.rpc_timeout)
+        return self._call("PushGradients", self._stub.PushGradients, request)
 
     def close(self) -> None:
         if self._channel is not None:

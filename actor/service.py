@@ -17,10 +17,12 @@ import torch
 from a3c import codec
 from a3c.config import ActorConfig
 from a3c.errors import UserFacingError
+from a3c.metrics import new_registry, serve_metrics
 from a3c.model import build_model, parameter_layout
 from a3c.wire import model_spec
 from actor.client import LearnerClient, LearnerUnreachable
 from actor.gradients import compute_gradients
+from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout
 from proto import a3c_pb2 as pb
 
@@ -45,11 +47,11 @@ class Actor:
     def __init__(self, config: ActorConfig, stop: threading.Event | None = None) -> None:
         self.config = config
         self.stop = stop or threading.Event()
-        self.client = LearnerClient(config.learner, default_actor_id(config.actor_id), config.rpc_timeout)
+        self.metrics = ActorMetrics(new_registry())
+        self.client = LearnerClient(config.learner, default_actor_id(config.actor_id), config.rpc_timeout,
+                                    self.metrics)
         self.seq = 0
         self.version = -1
-        self.pushes_accepted = 0
-        self.env_frames = 0
         self.model = None
         self.rollout: VectorRollout | None = None
 
@@ -97,29 +99,32 @@ class Actor:
     def step(self) -> None:
         """One rollout, one gradient, one push."""
         spec = self.spec
-        rollout = self.rollout.collect(self.model)
+        with self.metrics.rollout_seconds.time():
+            rollout = self.rollout.collect(self.model)
         result = compute_gradients(self.model, rollout, spec.gamma, spec.entropy_coef, spec.value_coef,
                                    spec.max_grad_norm, spec.clip_rewards)
         self.seq += 1
         loss = pb.LossStats(policy_loss=result.policy_loss, value_loss=result.value_loss,
                             entropy=result.entropy, grad_norm=result.grad_norm)
         frames = rollout.agent_steps * spec.frames_per_step
+        base_version = self.version
         try:
-            reply = self.client.push(self.seq, self.version, zip((n for n, _ in self.layout), result.gradients),
+            reply = self.client.push(self.seq, base_version, zip((n for n, _ in self.layout), result.gradients),
                                      frames, rollout.agent_steps, rollout.episode_returns, loss)
         except grpc.RpcError as err:
             if err.code() in _RESYNC:
-                self.env_frames += frames  # the learner counted the rollout, only not its gradient
+                self.metrics.record_refused()
                 self._load(self.client.get_params(-1))
                 return
             raise
-        self.env_frames += frames
-        self.pushes_accepted += 1
+        self.metrics.record_accepted(frames, rollout.episode_returns, lag=reply.version - 1 - base_version)
         self._load(reply.params)
 
     def run(self) -> int:
         torch.set_num_threads(1)
         torch.manual_seed(self.config.seed)
+        metrics_server, metrics_port = serve_metrics(self.metrics.registry, self.config.metrics_port)
+        log.info("%s serving metrics on :%d/metrics", self.client.actor_id, metrics_port)
         try:
             self._setup()
         except LearnerUnreachable as err:
@@ -134,8 +139,9 @@ class Actor:
                     self._reconnect(err.code().name)
         finally:
             self.close()
+            metrics_server.shutdown()
         log.info("%s stopped after %d accepted pushes (%d frames)", self.client.actor_id,
-                 self.pushes_accepted, self.env_frames)
+                 self.metrics.pushes_accepted, self.metrics.frames_counted)
         return 0
 
     def close(self) -> None:

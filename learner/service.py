@@ -23,7 +23,9 @@ from a3c.errors import UserFacingError
 from a3c.model import ModelSpec
 from a3c.wire import channel_options, message_limit
 from learner import checkpoint
+from a3c.metrics import new_registry, serve_metrics
 from learner.global_model import GlobalModel
+from learner.metrics import LearnerMetrics, RpcMetricsInterceptor
 from learner.servicer import LearnerServicer
 from learner.stats import TrainingStats, format_progress
 from proto import a3c_pb2 as pb
@@ -58,13 +60,18 @@ class LearnerService:
         self.model_spec = ModelSpec(info.model_kind, info.obs_shape, info.num_actions)
         self.model = GlobalModel(self.model_spec, config.optimizer, config.lr, config.rmsprop_alpha,
                                  config.optim_eps, codec.torch_dtype(config.wire_dtype))
-        self.stats = TrainingStats()
+        self.registry = new_registry()
+        self.metrics = LearnerMetrics(self.registry)
+        self.stats = TrainingStats(self.metrics)
+        self.metrics.watch_actors(self.stats.active_actors)
         self.resumed_from = self._resume()
         num_params = sum(p.numel() for p in self.model.params)
         self.run_spec = build_run_spec(config, self.model_spec, info.frames_per_step, info.clip_rewards, num_params)
-        self.servicer = LearnerServicer(self.model, self.stats, self.run_spec)
+        self.metrics.param_version.set(self.model.version)
+        self.servicer = LearnerServicer(self.model, self.stats, self.run_spec, self.metrics)
         self.health = health.HealthServicer()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),
+                                  interceptors=[RpcMetricsInterceptor(self.metrics)],
                                   # Without this, a second learner on a taken port would share it silently.
                                   options=channel_options(self.run_spec.max_message_bytes)
                                   + [("grpc.so_reuseport", 0)])
@@ -107,14 +114,16 @@ class LearnerService:
     # --- running -------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.metrics_server, self.metrics_port = serve_metrics(self.registry, self.config.metrics_port)
         self.server.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.resumed_from:
             log.info("resumed from %s at version %d (%d frames)", self.resumed_from, self.model.version,
                      self.stats.env_frames)
-        log.info("serving on %s (port %d): %s, %s model with %d parameters, optimizer %s lr %g",
-                 self.config.listen, self.port, self.config.env, self.model_spec.kind,
+        log.info("serving on %s (port %d), metrics on :%d/metrics: %s, %s model with %d parameters, "
+                 "optimizer %s lr %g", self.config.listen, self.port, self.metrics_port, self.config.env,
+                 self.model_spec.kind,
                  sum(p.numel() for p in self.model.params), self.config.optimizer, self.config.lr)
         if self.config.port_file:
             tmp = f"{self.config.port_file}.tmp"
@@ -146,6 +155,7 @@ class LearnerService:
         self.server.stop(grace=2.0).wait()
         self.report()
         path = self.save_checkpoint()
+        self.metrics_server.shutdown()
         log.info("stopped at version %d; checkpoint %s", self.model.version, path)
 
 

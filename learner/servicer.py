@@ -15,6 +15,7 @@ import torch
 
 from a3c import codec
 from learner.global_model import GlobalModel
+from learner.metrics import LearnerMetrics
 from learner.stats import TrainingStats
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
@@ -30,10 +31,12 @@ class PushRefused(Exception):
 
 
 class LearnerServicer(pb_grpc.LearnerServicer):
-    def __init__(self, model: GlobalModel, stats: TrainingStats, run_spec: pb.RunSpec) -> None:
+    def __init__(self, model: GlobalModel, stats: TrainingStats, run_spec: pb.RunSpec,
+                 metrics: LearnerMetrics) -> None:
         self.model = model
         self.stats = stats
         self.run_spec = run_spec
+        self.metrics = metrics
         self.rejected: dict[str, int] = {}
         self._last_seq: dict[str, int] = {}
         self.accepting = True
@@ -54,13 +57,15 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         except PushRefused as refused:
             with self.model.lock:
                 self.rejected[refused.reason] = self.rejected.get(refused.reason, 0) + 1
+            self.metrics.rejected.labels(refused.reason).inc()
             log.debug("refused push from %s: %s", request.actor_id, refused)
             context.abort(refused.code, f"{refused.reason}: {refused}")
 
     def _push(self, request: pb.PushGradientsRequest) -> pb.PushGradientsResponse:
         if not self.accepting:
             raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", "the learner is shutting down")
-        gradients = self._check_gradients(request)
+        gradients, gradient_norm = self._check_gradients(request)
+        self.stats.heard_from(request.actor_id)
         with self.model.lock:
             version = self.model.version
             if request.seq <= self._last_seq.get(request.actor_id, 0):
@@ -70,21 +75,26 @@ class LearnerServicer(pb_grpc.LearnerServicer):
                 raise PushRefused(grpc.StatusCode.FAILED_PRECONDITION, "future_version",
                                   f"base version {request.base_version} is ahead of the learner's {version}")
             self._last_seq[request.actor_id] = request.seq
-            # The rollout happened whatever becomes of its gradient: count its frames and episodes.
-            self.stats.record_rollout(request.actor_id, request.env_frames, request.agent_steps,
-                                      request.episode_returns)
             staleness = version - request.base_version
             if staleness > self.run_spec.max_staleness:
                 raise PushRefused(grpc.StatusCode.FAILED_PRECONDITION, "stale",
                                   f"base version {request.base_version} is {staleness} updates old "
                                   f"(limit {self.run_spec.max_staleness})")
-            new_version = self.model.apply(gradients)
+            # Frames and episodes count with the gradient that carries them, so actors and learner agree.
+            self.stats.record_rollout(request.actor_id, request.env_frames, request.agent_steps,
+                                      request.episode_returns)
+            self.metrics.staleness.observe(staleness)
+            with self.metrics.apply_seconds.time():
+                new_version = self.model.apply(gradients)
+            self.metrics.param_version.set(new_version)
             params = self.model.params_message() if request.want_params else None
+        self.metrics.gradient_norm.observe(gradient_norm)
         loss = request.loss
         self.stats.record_update(loss.policy_loss, loss.value_loss, loss.entropy, loss.grad_norm)
         return pb.PushGradientsResponse(version=new_version, params=params)
 
-    def _check_gradients(self, request: pb.PushGradientsRequest) -> list[torch.Tensor]:
+    def _check_gradients(self, request: pb.PushGradientsRequest) -> tuple[list[torch.Tensor], float]:
+        """The decoded gradients and their global L2 norm, or PushRefused saying what is wrong."""
         if not request.actor_id:
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "no_actor_id", "actor_id is empty")
         if request.env_frames < 0 or request.agent_steps < 0:
@@ -95,7 +105,11 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             gradients = codec.decode_all(request.gradients, self.model.layout)
         except codec.CodecError as err:
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, err.reason, str(err)) from None
+        squares = 0.0
         for (name, _), grad in zip(self.model.layout, gradients):
-            if not torch.isfinite(grad).all():
+            # In float64 the norm of finite float32 values cannot overflow: a non-finite norm means NaN or Inf.
+            norm = torch.linalg.vector_norm(grad, dtype=torch.float64).item()
+            if not math.isfinite(norm):
                 raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite", f"{name}: gradient has NaN or Inf")
-        return gradients
+            squares += norm * norm
+        return gradients, math.sqrt(squares)

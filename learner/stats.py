@@ -8,14 +8,17 @@ import time
 from collections import deque
 from typing import Iterable
 
+from learner.metrics import LearnerMetrics
+
 RETURN_WINDOW = 100
 ACTIVE_WINDOW_SECONDS = 60.0
 
 
 class TrainingStats:
-    """Thread-safe counters updated on every push; `snapshot()` gives one progress record."""
+    """Thread-safe counters updated on every push, mirrored to Prometheus; `snapshot()` is one progress record."""
 
-    def __init__(self, clock=time.monotonic) -> None:
+    def __init__(self, metrics: LearnerMetrics, clock=time.monotonic) -> None:
+        self.metrics = metrics
         self._clock = clock
         self._lock = threading.Lock()
         self.started = clock()
@@ -39,15 +42,25 @@ class TrainingStats:
             for value in episode_returns:
                 self.episodes += 1
                 self.returns.append(float(value))
-            if len(self.returns) == RETURN_WINDOW:
+                self.metrics.episode_return.observe(value)
+            self.metrics.env_frames.inc(env_frames)
+            self.metrics.agent_steps.inc(agent_steps)
+            if episode_returns:
+                self.metrics.episodes.inc(len(episode_returns))
                 mean = self.mean_return()
-                if self.best_mean_return is None or mean > self.best_mean_return:
+                self.metrics.mean_return.set(mean)
+                if len(self.returns) == RETURN_WINDOW and (self.best_mean_return is None
+                                                           or mean > self.best_mean_return):
                     self.best_mean_return = mean
+
+    def heard_from(self, actor_id: str) -> None:
+        with self._lock:
             self._last_seen[actor_id] = self._clock()
 
     def record_update(self, policy_loss: float, value_loss: float, entropy: float, grad_norm: float) -> None:
         with self._lock:
             self.updates += 1
+            self.metrics.updates.inc()
             for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
                                ("entropy", entropy), ("grad_norm", grad_norm)):
                 self._loss_sums[key] += value
@@ -107,6 +120,8 @@ class TrainingStats:
             self.returns = deque((float(r) for r in state["returns"]), maxlen=RETURN_WINDOW)
             self.best_mean_return = state["best_mean_return"]
             self.elapsed_before = float(state["seconds"])
+            if self.returns:
+                self.metrics.mean_return.set(self.mean_return())
             self._rate_mark = (self._clock(), self.env_frames)
 
 

@@ -21,7 +21,7 @@ def start_learner(tmp_path):
 
     def start(**overrides) -> LearnerService:
         settings = dict(env="CartPole-v1", listen="127.0.0.1:0", checkpoint_dir=str(tmp_path / "checkpoints"),
-                        log_interval=60.0)
+                        log_interval=60.0, metrics_port=0)
         settings.update(overrides)
         service = LearnerService(LearnerConfig(**settings))
         service.start()
@@ -31,6 +31,7 @@ def start_learner(tmp_path):
     yield start
     for service in services:
         service.server.stop(grace=None)
+        service.metrics_server.shutdown()
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ from actor.service import Actor
 
 def test_actor_pushes_and_follows_the_learner(learner):
     stop = threading.Event()
-    actor = Actor(ActorConfig(learner=f"127.0.0.1:{learner.port}", num_envs=2, connect_timeout=10), stop)
+    actor = Actor(ActorConfig(learner=f"127.0.0.1:{learner.port}", num_envs=2, connect_timeout=10,
+                                   metrics_port=0), stop)
     thread = threading.Thread(target=actor.run)
     thread.start()
     deadline = time.monotonic() + 30
@@ -25,8 +26,8 @@ def test_actor_pushes_and_follows_the_learner(learner):
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert learner.model.version >= 20
-    assert actor.pushes_accepted == learner.stats.updates == learner.model.version
-    assert actor.env_frames == learner.stats.env_frames
+    assert actor.metrics.pushes_accepted == learner.stats.updates == learner.model.version
+    assert actor.metrics.frames_counted == learner.stats.env_frames
     # The actor's network equals the version it last received.
     assert actor.version == learner.model.version
     for mine, theirs in zip(actor.model.parameters(), learner.model.params):

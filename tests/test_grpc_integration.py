@@ -9,7 +9,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from a3c import codec
 from a3c.model import build_model, parameter_layout
 from a3c.wire import model_spec
+from a3c.metrics import new_registry
 from actor.client import LearnerClient, LearnerUnreachable
+from actor.metrics import ActorMetrics
 from actor.gradients import compute_gradients
 from actor.rollout import VectorRollout
 from proto import a3c_pb2 as pb
@@ -17,7 +19,8 @@ from proto import a3c_pb2_grpc as pb_grpc
 
 
 def test_actor_client_pull_push_pull(learner):
-    client = LearnerClient(f"127.0.0.1:{learner.port}", "it-actor", rpc_timeout=10)
+    client = LearnerClient(f"127.0.0.1:{learner.port}", "it-actor", rpc_timeout=10,
+                           metrics=ActorMetrics(new_registry()))
     spec = client.connect(timeout=10)
     assert (spec.env_id, spec.model.kind, list(spec.model.obs_shape), spec.model.num_actions) == (
         "CartPole-v1", "mlp", [4], 2)
@@ -57,7 +60,7 @@ def test_health_service_reports_serving(learner):
 
 
 def test_unreachable_learner_raises_after_timeout():
-    client = LearnerClient("127.0.0.1:1", "nobody", rpc_timeout=1)
+    client = LearnerClient("127.0.0.1:1", "nobody", rpc_timeout=1, metrics=ActorMetrics(new_registry()))
     with pytest.raises(LearnerUnreachable, match="127.0.0.1:1"):
         client.connect(timeout=0.5)
 

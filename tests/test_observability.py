@@ -1,0 +1,191 @@
+"""Metrics as a user sees them: real processes scraped by a real Prometheus, queried with the dashboard's own
+expressions, and checked by promtool."""
+
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from a3c.local import free_port, write_scrape_targets
+from tests.conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
+PROMETHEUS_CONFIGS = sorted((DEPLOY / "prometheus").glob("*.yml"))
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    assert path, f"{name} is missing: `make test` installs Debian's prometheus package"
+    return path
+
+
+def http_get(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def a3c(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "a3c", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+class Cluster:
+    """A CartPole learner and two actors as real processes on loopback, each with its own metrics port."""
+
+    def __init__(self, tmp: Path) -> None:
+        port_file = tmp / "learner.port"
+        self.learner_metrics = free_port()
+        self.actor_metrics = [free_port(), free_port()]
+        self.learner = a3c("learner", "--env", "CartPole-v1", "--listen", "127.0.0.1:0", "--port-file",
+                           str(port_file), "--metrics-port", str(self.learner_metrics),
+                           "--checkpoint-dir", str(tmp / "ckpt"), "--log-interval", "1")
+        port = wait_for(lambda: port_file.exists() and port_file.read_text(), 60, "the learner's port")
+        self.actors = [a3c("actor", "--learner", f"127.0.0.1:{port}", "--num-envs", "2",
+                           "--metrics-port", str(p), "--seed", str(i)) for i, p in enumerate(self.actor_metrics)]
+
+    def metrics(self, port: int) -> str:
+        return http_get(f"http://127.0.0.1:{port}/metrics")
+
+    def stop_actors(self) -> list[str]:
+        for actor in self.actors:
+            actor.send_signal(signal.SIGTERM)
+        return [actor.communicate(timeout=30)[1] for actor in self.actors]
+
+    def close(self) -> None:
+        for proc in [*self.actors, self.learner]:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in [*self.actors, self.learner]:
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cluster = Cluster(tmp_path)
+    yield cluster
+    cluster.close()
+
+
+def sample(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} not exported"
+    return float(match.group(1))
+
+
+def panel_expressions():
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                yield panel["title"], target["expr"].replace("$__rate_interval", "1m")
+
+
+def test_promtool_accepts_the_shipped_prometheus_configs():
+    assert PROMETHEUS_CONFIGS
+    for config in PROMETHEUS_CONFIGS:
+        result = subprocess.run([tool("promtool"), "check", "config", "--syntax-only", str(config)],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_shipped_config_discovers_every_actor_replica_by_dns():
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"learner", "actor"}
+    for name, job in jobs.items():
+        assert "static_configs" not in job
+        assert job["dns_sd_configs"][0]["names"] == [name]
+
+
+def test_dashboard_shows_what_a_person_looks_for_first():
+    titles = [title for title, _ in panel_expressions()]
+    for wanted in ("Mean return", "Frames per second", "Updates per second", "staleness", "RPC latency p99",
+                   "Rejected gradients", "Actors up", "Learner CPU and memory"):
+        assert any(wanted in title for title in titles), wanted
+
+
+@pytest.mark.slow
+def test_real_prometheus_scrapes_everything_the_dashboard_queries(cluster, tmp_path):
+    targets = tmp_path / "targets.json"
+    write_scrape_targets(targets, cluster.learner_metrics, cluster.actor_metrics)
+    # The shipped config with its discovery swapped for this run's endpoints: same jobs, same metrics.
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"]["scrape_interval"] = "1s"
+    config["scrape_configs"] = [{"job_name": "a3c", "file_sd_configs": [{"files": [str(targets)]}]}]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    web = free_port()
+    prometheus = subprocess.Popen([tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{web}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def query(expr: str) -> list:
+        url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        reply = json.loads(http_get(url))
+        assert reply["status"] == "success", reply
+        return reply["data"]["result"]
+
+    try:
+        wait_for(lambda: _ready(web), 30, "Prometheus to start")
+        wait_for(lambda: len(query("up == 1")) == 3, 60, "three targets up")
+        wait_for(lambda: query('count_over_time(up{job="learner"}[1m]) >= 6'), 60, "six scrapes")
+        empty = [(title, expr) for title, expr in panel_expressions() if not query(expr)]
+        assert not empty, f"dashboard expressions with no series: {empty}"
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+
+
+def _ready(port: int) -> bool:
+    try:
+        return "Ready" in http_get(f"http://127.0.0.1:{port}/-/ready", timeout=1)
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_promtool_accepts_what_both_services_serve(cluster):
+    wait_for(lambda: sample(cluster.metrics(cluster.learner_metrics), "a3c_learner_updates_total") > 0, 60,
+             "a first update")
+    for port in [cluster.learner_metrics, *cluster.actor_metrics]:
+        text = cluster.metrics(port)
+        result = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text
+
+
+@pytest.mark.slow
+def test_learner_counters_agree_with_what_the_actors_saw(cluster):
+    wait_for(lambda: sample(cluster.metrics(cluster.learner_metrics), "a3c_learner_updates_total") >= 50, 60,
+             "50 updates")
+    accepted = frames = 0
+    for log in cluster.stop_actors():
+        match = re.search(r"stopped after (\d+) accepted pushes \((\d+) frames\)", log)
+        assert match, log
+        accepted += int(match.group(1))
+        frames += int(match.group(2))
+    learner = cluster.metrics(cluster.learner_metrics)
+    assert sample(learner, "a3c_learner_updates_total") == accepted
+    assert sample(learner, "a3c_learner_env_frames_total") == frames
+    assert sample(learner, "a3c_learner_param_version") == accepted

@@ -19,11 +19,14 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/a3c train $(ARGS)
 
-# The observability tests run a real Prometheus server and promtool: Debian's package, installed when missing.
+# Tools the tests run for real, from Debian's packages when missing: prometheus and promtool (metrics tests),
+# docker-compose (validates docker-compose.yml without an engine). kubectl renders the Kubernetes manifests.
 tools:
-	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
-	  echo "installing Debian's prometheus package (for the metrics tests)"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq prometheus >/dev/null; }
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null && command -v docker-compose >/dev/null || { \
+	  echo "installing Debian's prometheus and docker-compose packages (for the tests)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $(SUDO) apt-get install -y -qq --no-install-recommends prometheus docker-compose >/dev/null; }
+	@command -v kubectl >/dev/null || { echo "kubectl is needed to render deploy/k8s (client only)"; exit 1; }
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)

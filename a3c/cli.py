@@ -37,6 +37,16 @@ def _run_train(args: argparse.Namespace) -> int:
                  config.from_args(config.ActorConfig, args))
 
 
+def _run_health(args: argparse.Namespace) -> int:
+    from a3c import health
+
+    if args.grpc:
+        health.check_grpc(args.grpc, args.service, args.timeout)
+    else:
+        health.check_http(args.http, args.timeout)
+    return 0
+
+
 # Settings `a3c train` chooses itself for the processes it starts.
 LOCAL_ONLY_LEARNER = ("listen", "checkpoint_dir", "progress_file", "port_file", "workers", "metrics_port")
 LOCAL_ONLY_ACTOR = ("learner", "actor_id", "metrics_port")
@@ -61,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(train, config.RunLimits)
     config.add_arguments(train, config.LearnerConfig, exclude=LOCAL_ONLY_LEARNER)
     config.add_arguments(train, config.ActorConfig, exclude=LOCAL_ONLY_ACTOR)
+    check = command("health", _run_health, "exit 0 if a learner (gRPC health) or an actor (HTTP /metrics) is up")
+    target = check.add_mutually_exclusive_group(required=True)
+    target.add_argument("--grpc", metavar="HOST:PORT", help="check the gRPC health service of a learner")
+    target.add_argument("--http", metavar="URL", help="check that an HTTP endpoint (an actor's /metrics) answers")
+    check.add_argument("--service", default="a3c.v1.Learner", help="gRPC service name to check")
+    check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     return parser
 
 

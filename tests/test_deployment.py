@@ -1,0 +1,299 @@
+"""The image, the compose file and the Kubernetes manifests, checked with real tools and rehearsed for real.
+
+There is no Docker engine or cluster here. The rehearsal reads each service's command and environment
+straight from docker-compose.yml and from the rendered manifests (plus the image's ENTRYPOINT and ENV from
+the Dockerfile), runs them as local processes, and probes them the way Docker and Kubernetes would. What a
+container network provides is translated: service host names become 127.0.0.1, container ports become
+free local ports (three replicas cannot share one port on one host), and the /data volume becomes a
+temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from a3c.health import check_grpc, check_http
+from a3c.local import free_port
+from tests.conftest import ROOT
+
+DOCKERFILES = sorted((ROOT / "deploy").rglob("Dockerfile*"))
+COMPOSE = ROOT / "docker-compose.yml"
+K8S_VERSION = "1.32.0"
+ACTOR_REPLICAS = 3
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name) or (str(Path(sys.executable).parent / name)
+                                  if (Path(sys.executable).parent / name).exists() else None)
+    assert path, f"{name} is missing: `make test` installs it"
+    return path
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def rendered_manifests() -> list[dict]:
+    result = subprocess.run([tool("kubectl"), "kustomize", str(ROOT / "deploy" / "k8s")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def manifest(docs: list[dict], kind: str, name: str) -> dict:
+    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
+
+
+def image_runtime(dockerfile: Path = ROOT / "deploy" / "Dockerfile") -> tuple[list[str], dict[str, str]]:
+    """ENTRYPOINT and ENV of the final stage of the Dockerfile."""
+    final = re.split(r"^FROM ", dockerfile.read_text().replace("\\\n", " "), flags=re.MULTILINE)[-1]
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", final, re.MULTILINE).group(1))
+    env = {}
+    for line in re.findall(r"^ENV (.+)$", final, re.MULTILINE):
+        for pair in shlex.split(line):
+            key, value = pair.split("=", 1)
+            env[key] = value
+    return entrypoint, env
+
+
+# --- the image ----------------------------------------------------------------------------------------
+
+def test_hadolint_passes_on_every_dockerfile():
+    assert DOCKERFILES
+    for dockerfile in DOCKERFILES:
+        result = subprocess.run([tool("hadolint"), str(dockerfile)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_is_multi_stage_non_root_cpu_torch_with_a_health_check():
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2
+    assert re.search(r"^USER (?!root|0\b)", text, re.MULTILINE)
+    assert "download.pytorch.org/whl/cpu" in text and "torch==2.13.0" in text
+    assert "PYTHONUNBUFFERED=1" in text and "HEALTHCHECK" in text
+    # Dependencies are installed before the code is copied, so code edits keep the dependency layer.
+    assert text.index("pip install --no-cache-dir .") < text.index("COPY a3c")
+
+
+# --- compose --------------------------------------------------------------------------------------------
+
+def test_compose_file_is_valid_for_docker_compose():
+    result = subprocess.run([tool("docker-compose"), "-f", str(COMPOSE), "config", "--quiet"],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_keeps_the_actor_scalable():
+    services = compose()["services"]
+    assert set(services) >= {"learner", "actor", "prometheus", "grafana"}
+    actor = services["actor"]
+    assert "container_name" not in actor and "ports" not in actor  # fixed names or host ports block --scale
+    assert actor["depends_on"]["learner"]["condition"] == "service_healthy"
+    assert {k for k in actor["environment"] if k != "A3C_NUM_ENVS"} == {"A3C_LEARNER", "A3C_METRICS_PORT"}
+    learner = services["learner"]
+    assert "container_name" not in learner and any(v.startswith("checkpoints:") for v in learner["volumes"])
+    assert "checkpoints" in compose()["volumes"]
+    grafana = services["grafana"]
+    assert "3000:3000" in grafana["ports"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "deploy" / "grafana" / "dashboards" / Path(home).name).exists()
+    assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]
+
+
+# --- Kubernetes -------------------------------------------------------------------------------------------
+
+def test_manifests_render_and_validate_against_the_kubernetes_schemas():
+    docs = rendered_manifests()
+    assert {d["kind"] for d in docs} >= {"Namespace", "Deployment", "Service", "PersistentVolumeClaim", "ConfigMap"}
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_the_schema_validation_can_fail():
+    broken = manifest(rendered_manifests(), "Deployment", "actor")
+    broken["spec"]["replicas"] = "eight"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_manifests_are_production_shaped():
+    docs = rendered_manifests()
+    learner, actor = manifest(docs, "Deployment", "learner"), manifest(docs, "Deployment", "actor")
+    assert learner["spec"]["replicas"] == 1 and learner["spec"]["strategy"]["type"] == "Recreate"
+    assert actor["spec"]["replicas"] == 8
+    service = manifest(docs, "Service", "learner")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
+    volumes = learner["spec"]["template"]["spec"]["volumes"]
+    assert any(v.get("persistentVolumeClaim", {}).get("claimName") == "learner-checkpoints" for v in volumes)
+    learner_container = learner["spec"]["template"]["spec"]["containers"][0]
+    assert learner_container["readinessProbe"]["grpc"]["port"] == 50051
+    assert "grpc" in learner_container["livenessProbe"]
+    assert learner["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
+    for deployment in (learner, actor):
+        pod = deployment["spec"]["template"]
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        for container in pod["spec"]["containers"]:
+            assert set(container["resources"]) == {"requests", "limits"}
+            assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    dashboard = manifest(docs, "ConfigMap", "a3c-grafana-dashboard")
+    shipped = (ROOT / "deploy" / "grafana" / "dashboards" / "a3c-training.json").read_text()
+    assert dashboard["data"]["a3c-training.json"] == shipped
+
+
+# --- the rehearsal ------------------------------------------------------------------------------------------
+
+@dataclass
+class Service:
+    """One container's process, as the compose file or a manifest describes it."""
+
+    argv: list[str]
+    env: dict[str, str]
+    ports: dict[int, int] = field(default_factory=dict)  # container port -> local port
+
+
+def localize(service: Service, learner_grpc: int, data_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """Run a container's command here: learner host names to 127.0.0.1, container ports to local ones."""
+    ports = {50051: learner_grpc, **service.ports}
+
+    def translate(value: str) -> str:
+        value = re.sub(r"^(?:learner|0\.0\.0\.0)(?=:\d+$)", "127.0.0.1", value)
+        value = re.sub(r"(?<![\w.])(\d{2,5})$", lambda m: str(ports.get(int(m.group(1)), m.group(1))), value)
+        return str(data_dir) + value[len("/data"):] if value.startswith("/data") else value
+
+    entrypoint, image_env = image_runtime()
+    argv = [*entrypoint, *service.argv]
+    assert argv[0] == "a3c"
+    env = {**os.environ, **{k: v for k, v in image_env.items() if k != "PATH"}}
+    env.update({k: translate(v) for k, v in service.env.items()})
+    return [sys.executable, "-m", "a3c", *argv[1:]], env
+
+
+def metric(port: int, name: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(match.group(1)) if match else float("nan")
+
+
+def eventually(check, timeout: float, what: str, processes: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        dead = [p.args[3:] + [f"exit {p.returncode}"] for p in processes if p.poll() is not None]
+        assert not dead, f"a container process died while waiting for {what}: {dead}"
+        try:
+            if check() is not False:
+                return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe, tmp_path: Path) -> None:
+    grpc_port = free_port()
+    learner.ports.setdefault(50051, grpc_port)
+    data = tmp_path / "data"
+    data.mkdir()
+    processes = []
+    try:
+        argv, env = localize(learner, grpc_port, data)
+        learner_log = open(tmp_path / "learner.log", "w")
+        processes.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=learner_log, stderr=learner_log))
+        eventually(lambda: learner_probe(grpc_port), 90, "the learner's health check", processes)
+        for actor in actors:
+            argv, env = localize(actor, grpc_port, data)
+            processes.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL))
+        metrics_port = learner.ports[9400]
+        eventually(lambda: metric(metrics_port, "a3c_learner_actors_active") == len(actors), 120,
+                   "every actor to push", processes)
+        version = metric(metrics_port, "a3c_learner_param_version")
+        eventually(lambda: metric(metrics_port, "a3c_learner_param_version") >= version + 10, 60,
+                   "the version to climb", processes)
+        for actor in actors:
+            eventually(lambda: actor_probe(actor.ports[9401]), 30, "the actor's health check", processes)
+    finally:
+        for proc in processes:
+            proc.send_signal(signal.SIGTERM)
+        for proc in processes:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    # SIGTERM gave the learner its final checkpoint, in the volume.
+    assert processes[0].returncode == 0, (tmp_path / "learner.log").read_text()[-2000:]
+    assert (data / "checkpoints" / "latest.pt").exists()
+
+
+def run_compose_test(test: list[str], ports: dict[int, int]) -> bool:
+    """A compose healthcheck `test` (["CMD", ...]) run here, ports translated."""
+    assert test[0] == "CMD"
+    argv = [re.sub(r"(?<=:)(\d+)(?=$|/)", lambda m: str(ports.get(int(m.group(1)), m.group(1))), a) for a in test[1:]]
+    assert argv[0] == "a3c"
+    return subprocess.run([sys.executable, "-m", "a3c", *argv[1:]], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.slow
+def test_rehearse_docker_compose(tmp_path):
+    services = compose()["services"]
+
+    def service(name: str, metrics_port: int) -> Service:
+        spec = services[name]
+        return Service(argv=list(spec["command"]), env={k: str(v) for k, v in spec["environment"].items()},
+                       ports={metrics_port: free_port()})
+
+    learner = service("learner", 9400)
+    actors = [service("actor", 9401) for _ in range(ACTOR_REPLICAS)]
+    rehearse(learner, actors,
+             learner_probe=lambda grpc: run_compose_test(services["learner"]["healthcheck"]["test"],
+                                                         {50051: grpc}),
+             actor_probe=lambda port: run_compose_test(services["actor"]["healthcheck"]["test"], {9401: port}),
+             tmp_path=tmp_path)
+
+
+@pytest.mark.slow
+def test_rehearse_kubernetes_manifests(tmp_path):
+    docs = rendered_manifests()
+
+    def service(name: str) -> tuple[Service, dict]:
+        container = manifest(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        ports = {p["containerPort"]: free_port() for p in container["ports"] if p["name"] == "metrics"}
+        return Service(argv=list(container["args"]), env={e["name"]: e["value"] for e in container["env"]},
+                       ports=ports), container
+
+    learner, learner_container = service("learner")
+    actors = [service("actor")[0] for _ in range(ACTOR_REPLICAS)]
+    actor_container = service("actor")[1]
+    readiness = learner_container["readinessProbe"]["grpc"]
+    liveness = actor_container["livenessProbe"]["httpGet"]
+    assert readiness["port"] == 50051 and liveness["port"] == "metrics"
+
+    def learner_probe(grpc_port: int) -> bool:
+        check_grpc(f"127.0.0.1:{grpc_port}", readiness.get("service", ""), timeout=3)
+        check_grpc(f"127.0.0.1:{grpc_port}", learner_container["livenessProbe"]["grpc"].get("service", ""), 3)
+        return True
+
+    def actor_probe(port: int) -> bool:
+        check_http(f"http://127.0.0.1:{port}{liveness['path']}", timeout=3)
+        return True
+
+    rehearse(learner, actors, learner_probe, actor_probe, tmp_path)

@@ -40,6 +40,10 @@ def _check_address(name: str, address: str) -> None:
              f"--{name.replace('_', '-')} must be HOST:PORT with a port in 0-65535, got {address!r}")
 
 
+def _check_readable(name: str, path: str) -> None:
+    _require(not path or os.access(path, os.R_OK), f"--{name.replace('_', '-')}: cannot read {path!r}")
+
+
 def _check_port(name: str, port: int) -> None:
     _require(0 <= port <= 65535, f"--{name.replace('_', '-')} must be in 0-65535, got {port}")
 
@@ -89,6 +93,10 @@ class LearnerConfig(HyperParams):
     log_interval: float = option(5.0, "seconds between progress lines")
     workers: int = option(8, "gRPC server worker threads")
     metrics_port: int = option(9400, "port of the Prometheus /metrics endpoint (0 picks a free port)")
+    max_concurrent_rpcs: int = option(256, "calls served at once; more get RESOURCE_EXHAUSTED, not unbounded memory")
+    auth_token: str = option("", "require this bearer token from every caller (the health service stays open)")
+    tls_cert: str = option("", "PEM certificate chain to serve TLS with (needs --tls-key)")
+    tls_key: str = option("", "PEM private key of --tls-cert")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -97,6 +105,10 @@ class LearnerConfig(HyperParams):
         _require(self.log_interval > 0, f"--log-interval must be positive, got {self.log_interval}")
         _require(self.workers >= 1, f"--workers must be at least 1, got {self.workers}")
         _check_port("metrics_port", self.metrics_port)
+        _require(self.max_concurrent_rpcs >= 1, "--max-concurrent-rpcs must be at least 1")
+        _require(bool(self.tls_cert) == bool(self.tls_key), "--tls-cert and --tls-key go together")
+        for name in ("tls_cert", "tls_key"):
+            _check_readable(name, getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,8 @@ class ActorConfig:
     connect_timeout: float = option(60.0, "seconds to keep trying to reach the learner before giving up")
     rpc_timeout: float = option(10.0, "deadline of each call to the learner, in seconds")
     metrics_port: int = option(9401, "port of the Prometheus /metrics endpoint (0 picks a free port)")
+    auth_token: str = option("", "bearer token to present to the learner")
+    tls_ca: str = option("", "PEM CA certificate to trust: connect to the learner over TLS")
 
     def __post_init__(self) -> None:
         _check_address("learner", self.learner)
@@ -117,6 +131,7 @@ class ActorConfig:
         _require(self.connect_timeout > 0, "--connect-timeout must be positive")
         _require(self.rpc_timeout > 0, "--rpc-timeout must be positive")
         _check_port("metrics_port", self.metrics_port)
+        _check_readable("tls_ca", self.tls_ca)
 
 
 @dataclass(frozen=True)

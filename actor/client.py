@@ -1,47 +1,82 @@
-"""The actor's side of the gRPC link: deadlines on every call, message limits taken from the learner."""
+"""The actor's side of the gRPC link: deadlines on every call, message limits taken from the learner,
+optional TLS and bearer token."""
 
 from __future__ import annotations
 
+import random
+import threading
 import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 import grpc
 import torch
 
 from a3c import codec
+from a3c.errors import UserFacingError
 from a3c.wire import channel_options
 from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
 
-class LearnerUnreachable(RuntimeError):
+# The learner is away, starting, stopping or busy: worth trying again after a pause.
+TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+class LearnerUnreachable(UserFacingError):
     """The learner did not answer in time."""
 
 
+class LearnerRefused(UserFacingError):
+    """The learner answered, but not with what the actor needs (a wrong token, say)."""
+
+
 class LearnerClient:
-    def __init__(self, address: str, actor_id: str, rpc_timeout: float, metrics: ActorMetrics) -> None:
+    def __init__(self, address: str, actor_id: str, rpc_timeout: float, metrics: ActorMetrics,
+                 auth_token: str = "", tls_ca: str = "") -> None:
         self.address = address
         self.actor_id = actor_id
         self.rpc_timeout = rpc_timeout
         self.metrics = metrics
+        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else None
+        self._credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()) if tls_ca else None
         self.spec: pb.RunSpec | None = None
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.LearnerStub | None = None
 
-    def connect(self, timeout: float) -> pb.RunSpec:
-        """Wait up to `timeout` seconds for the learner, fetch the run spec, open a channel sized for it."""
-        with grpc.insecure_channel(self.address) as bootstrap:
-            try:
-                spec = pb_grpc.LearnerStub(bootstrap).GetRunSpec(
-                    pb.GetRunSpecRequest(actor_id=self.actor_id), timeout=timeout, wait_for_ready=True)
-            except grpc.RpcError as err:
-                if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise LearnerUnreachable(f"no learner answered at {self.address} within {timeout:g}s") from None
-                raise
+    def _open(self, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
+        if self._credentials is not None:
+            return grpc.secure_channel(self.address, self._credentials, options=options)
+        return grpc.insecure_channel(self.address, options=options)
+
+    def connect(self, timeout: float, stop: threading.Event | None = None) -> pb.RunSpec | None:
+        """Wait up to `timeout` seconds for a ready learner (None if `stop` is set first), fetch the run spec,
+        and open a channel sized for it. Retries back off exponentially with jitter, capped at 5 s."""
+        stop = stop or threading.Event()
+        deadline = time.monotonic() + timeout
+        delay = 0.25
+        with self._open() as bootstrap:
+            stub = pb_grpc.LearnerStub(bootstrap)
+            while True:
+                if stop.is_set():
+                    return None
+                attempt = min(max(deadline - time.monotonic(), 0.01), 2.0)  # short, so `stop` is noticed
+                try:
+                    spec = stub.GetRunSpec(pb.GetRunSpecRequest(actor_id=self.actor_id), metadata=self._metadata,
+                                           timeout=attempt, wait_for_ready=True)
+                    break
+                except grpc.RpcError as err:
+                    if err.code() not in TRANSIENT:
+                        raise LearnerRefused(f"the learner at {self.address} refused: "
+                                             f"{err.code().name}: {err.details()}") from None
+                if time.monotonic() >= deadline:
+                    raise LearnerUnreachable(f"no learner answered at {self.address} within {timeout:g}s")
+                stop.wait(min(random.uniform(0.5, 1.0) * delay, max(deadline - time.monotonic(), 0)))
+                delay = min(delay * 2, 5.0)
         self.close()
         self.spec = spec
-        self._channel = grpc.insecure_channel(self.address, options=channel_options(spec.max_message_bytes))
+        self._channel = self._open(channel_options(spec.max_message_bytes))
         self._stub = pb_grpc.LearnerStub(self._channel)
         return spec
 
@@ -49,7 +84,7 @@ class LearnerClient:
         """One timed call with the standard deadline; bytes and failures are counted."""
         start = time.perf_counter()
         try:
-            reply = rpc(request, timeout=self.rpc_timeout)
+            reply = rpc(request, timeout=self.rpc_timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             self.metrics.rpc_errors.labels(method, err.code().name).inc()
             raise

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import secrets
 import signal
 import socket
 import threading
-import time
 
 import grpc
 import torch
@@ -20,7 +18,7 @@ from a3c.errors import UserFacingError
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import build_model, parameter_layout
 from a3c.wire import model_spec
-from actor.client import LearnerClient, LearnerUnreachable
+from actor.client import TRANSIENT, LearnerClient
 from actor.gradients import compute_gradients
 from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout
@@ -30,8 +28,6 @@ log = logging.getLogger("actor")
 
 # Refusals that only mean "your parameters are out of date": drop the gradient, pull, go on.
 _RESYNC = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
-# The learner is gone or slow: reconnect with backoff.
-_RECONNECT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 class ActorError(UserFacingError):
@@ -49,7 +45,7 @@ class Actor:
         self.stop = stop or threading.Event()
         self.metrics = ActorMetrics(new_registry())
         self.client = LearnerClient(config.learner, default_actor_id(config.actor_id), config.rpc_timeout,
-                                    self.metrics)
+                                    self.metrics, config.auth_token, config.tls_ca)
         self.seq = 0
         self.version = -1
         self.model = None
@@ -64,8 +60,11 @@ class Actor:
                 param.copy_(value)
         self.version = params.version
 
-    def _setup(self) -> None:
-        spec = self.client.connect(self.config.connect_timeout)
+    def _setup(self) -> bool:
+        """Connect (waiting for the learner), build what the run spec asks for, pull parameters."""
+        spec = self.client.connect(self.config.connect_timeout, self.stop)
+        if spec is None:
+            return False
         if self.model is None:
             self.spec = spec
             self.model = build_model(model_spec(spec))
@@ -76,25 +75,11 @@ class Actor:
         elif (spec.env_id, spec.model) != (self.spec.env_id, self.spec.model):
             raise ActorError(f"the learner at {self.config.learner} now trains {spec.env_id}, "
                              f"not {self.spec.env_id}; restart this actor")
+        else:
+            log.info("%s reconnected to %s", self.client.actor_id, self.config.learner)
         self.version = -1
         self._load(self.client.get_params(self.version))
-
-    def _reconnect(self, why: str) -> None:
-        """Back off (capped, jittered, exponential) until the learner answers or connect_timeout passes."""
-        log.warning("lost the learner (%s); reconnecting", why)
-        deadline = time.monotonic() + self.config.connect_timeout
-        delay = 0.5
-        while not self.stop.is_set():
-            try:
-                self._setup()
-                log.info("reconnected to %s at version %d", self.config.learner, self.version)
-                return
-            except (LearnerUnreachable, grpc.RpcError) as err:
-                if time.monotonic() >= deadline:
-                    raise ActorError(f"the learner at {self.config.learner} has not answered for "
-                                     f"{self.config.connect_timeout:g}s") from err
-            self.stop.wait(random.uniform(0.5, 1.0) * delay)
-            delay = min(delay * 2, 10.0)
+        return True
 
     def step(self) -> None:
         """One rollout, one gradient, one push."""
@@ -126,17 +111,21 @@ class Actor:
         metrics_server, metrics_port = serve_metrics(self.metrics.registry, self.config.metrics_port)
         log.info("%s serving metrics on :%d/metrics", self.client.actor_id, metrics_port)
         try:
-            self._setup()
-        except LearnerUnreachable as err:
-            raise ActorError(str(err)) from None
-        try:
+            connected = False
             while not self.stop.is_set():
                 try:
+                    if not connected:
+                        connected = self._setup()
+                        continue
                     self.step()
                 except grpc.RpcError as err:
-                    if err.code() not in _RECONNECT:
-                        raise ActorError(f"the learner refused a push: {err.code().name}: {err.details()}") from None
-                    self._reconnect(err.code().name)
+                    if err.code() not in TRANSIENT:
+                        raise ActorError(f"the learner refused a call: {err.code().name}: {err.details()}") \
+                            from None
+                    # Drop the rollout and its gradient (the environments go on), then connect afresh:
+                    # connect waits up to --connect-timeout, with backoff, and fails with one line after that.
+                    log.warning("lost the learner (%s); reconnecting", err.code().name)
+                    connected = False
         finally:
             self.close()
             metrics_server.shutdown()

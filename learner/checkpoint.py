@@ -16,6 +16,9 @@ def save(directory: str | Path, state: dict) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     latest, previous = directory / LATEST, directory / PREVIOUS
     tmp = directory / f".{LATEST}.{os.getpid()}.tmp"
+    for torn in directory.glob(f".{LATEST}.*.tmp"):  # left by a writer killed mid-write
+        if torn != tmp:
+            torn.unlink(missing_ok=True)
     with open(tmp, "wb") as handle:
         torch.save(state, handle)
         handle.flush()

@@ -25,6 +25,7 @@ from a3c.wire import channel_options, message_limit
 from learner import checkpoint
 from a3c.metrics import new_registry, serve_metrics
 from learner.global_model import GlobalModel
+from learner.auth import TokenAuthInterceptor
 from learner.metrics import LearnerMetrics, RpcMetricsInterceptor
 from learner.servicer import LearnerServicer
 from learner.stats import TrainingStats, format_progress
@@ -64,24 +65,33 @@ class LearnerService:
         self.metrics = LearnerMetrics(self.registry)
         self.stats = TrainingStats(self.metrics)
         self.metrics.watch_actors(self.stats.active_actors)
-        self.resumed_from = self._resume()
+        self.resumed_from: Path | None = None
         num_params = sum(p.numel() for p in self.model.params)
         self.run_spec = build_run_spec(config, self.model_spec, info.frames_per_step, info.clip_rewards, num_params)
-        self.metrics.param_version.set(self.model.version)
         self.servicer = LearnerServicer(self.model, self.stats, self.run_spec, self.metrics)
         self.health = health.HealthServicer()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        interceptors = [RpcMetricsInterceptor(self.metrics)]
+        if config.auth_token:
+            interceptors.append(TokenAuthInterceptor(config.auth_token, self.metrics))
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),
-                                  interceptors=[RpcMetricsInterceptor(self.metrics)],
-                                  # Without this, a second learner on a taken port would share it silently.
+                                  interceptors=interceptors, maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+                                  # Without so_reuseport 0, a second learner on a taken port would share it.
                                   options=channel_options(self.run_spec.max_message_bytes)
                                   + [("grpc.so_reuseport", 0)])
         pb_grpc.add_LearnerServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         try:
-            self.port = self.server.add_insecure_port(config.listen)
+            if config.tls_cert:
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+                self.port = self.server.add_secure_port(config.listen, credentials)
+            else:
+                self.port = self.server.add_insecure_port(config.listen)
         except RuntimeError:
             self.port = 0
-        if not self.port and not config.listen.endswith(":0"):
+        if not self.port:
             raise LearnerError(f"cannot listen on {config.listen} (address in use or not local)")
         self._last_checkpoint = time.monotonic()
 
@@ -114,8 +124,14 @@ class LearnerService:
     # --- running -------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Serve at once, reporting NOT_SERVING until resumed from the newest valid checkpoint."""
         self.metrics_server, self.metrics_port = serve_metrics(self.registry, self.config.metrics_port)
         self.server.start()
+        if not self.config.auth_token:
+            log.warning("no --auth-token: any client that can reach port %d may push gradients", self.port)
+        self.resumed_from = self._resume()
+        self.metrics.param_version.set(self.model.version)
+        self.servicer.ready.set()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.resumed_from:
@@ -150,7 +166,7 @@ class LearnerService:
 
     def shutdown(self) -> None:
         """Stop taking pushes, let calls in flight finish, write the final record and checkpoint."""
-        self.servicer.accepting = False
+        self.servicer.ready.clear()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace=2.0).wait()
         self.report()
@@ -164,7 +180,12 @@ def main(config: LearnerConfig) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    service.start()
+    try:
+        service.start()
+    except BaseException:
+        service.server.stop(grace=None)
+        service.metrics_server.shutdown()
+        raise
     try:
         service.run(stop)
     finally:

@@ -1,14 +1,17 @@
 """The Learner gRPC service: hands out the run spec and parameters, checks and applies pushed gradients.
 
-A push is applied only when all of it is sound. Malformed gradients get INVALID_ARGUMENT, a base version the
-learner cannot use gets FAILED_PRECONDITION, a replayed `(actor_id, seq)` gets ALREADY_EXISTS; in every
-refused case the global parameters are untouched. OK means the gradient was applied.
+A push is applied only when all of it is sound. Malformed gradients (wrong names, shapes or dtypes, NaN or
+Inf, a norm above what actors clip to) get INVALID_ARGUMENT, a base version from the future or older than
+max_staleness gets FAILED_PRECONDITION, a replayed `(actor_id, seq)` gets ALREADY_EXISTS; in every refused case
+the global parameters are untouched. OK means the gradient was applied. Until the learner has resumed from
+its checkpoint every call gets UNAVAILABLE.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 
 import grpc
 import torch
@@ -21,6 +24,8 @@ from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
 log = logging.getLogger("learner")
+# Actors clip to max_grad_norm; this much above it allows for 16-bit rounding on the wire, nothing more.
+NORM_TOLERANCE = 1.01
 
 
 class PushRefused(Exception):
@@ -39,12 +44,19 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         self.metrics = metrics
         self.rejected: dict[str, int] = {}
         self._last_seq: dict[str, int] = {}
-        self.accepting = True
+        self.ready = threading.Event()  # set once resumed; cleared again when shutting down
+        self.max_norm = run_spec.max_grad_norm * NORM_TOLERANCE
+
+    def _require_ready(self, context: grpc.ServicerContext) -> None:
+        if not self.ready.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is starting or stopping")
 
     def GetRunSpec(self, request: pb.GetRunSpecRequest, context: grpc.ServicerContext) -> pb.RunSpec:
+        self._require_ready(context)
         return self.run_spec
 
     def GetParams(self, request: pb.GetParamsRequest, context: grpc.ServicerContext) -> pb.Params:
+        self._require_ready(context)
         with self.model.lock:
             if request.have_version == self.model.version:
                 return pb.Params(version=self.model.version)
@@ -62,8 +74,8 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             context.abort(refused.code, f"{refused.reason}: {refused}")
 
     def _push(self, request: pb.PushGradientsRequest) -> pb.PushGradientsResponse:
-        if not self.accepting:
-            raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", "the learner is shutting down")
+        if not self.ready.is_set():
+            raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", "the learner is starting or stopping")
         gradients, gradient_norm = self._check_gradients(request)
         self.stats.heard_from(request.actor_id)
         with self.model.lock:
@@ -112,4 +124,8 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             if not math.isfinite(norm):
                 raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite", f"{name}: gradient has NaN or Inf")
             squares += norm * norm
-        return gradients, math.sqrt(squares)
+        total = math.sqrt(squares)
+        if total > self.max_norm:
+            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "huge_norm",
+                              f"gradient norm {total:.4g} exceeds the clip norm {self.run_spec.max_grad_norm:g}")
+        return gradients, total

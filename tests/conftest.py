@@ -1,7 +1,6 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import grpc
 import pytest
@@ -10,8 +9,7 @@ from a3c.config import LearnerConfig
 from a3c.wire import channel_options
 from learner.service import LearnerService
 from proto import a3c_pb2_grpc as pb_grpc
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.processes import ROOT
 
 
 @pytest.fixture
@@ -46,7 +44,7 @@ def stub(learner):
         yield pb_grpc.LearnerStub(channel)
 
 
-def run_a3c(*args: str, timeout: float = 120, env: dict | None = None, cwd: Path | None = None):
+def run_a3c(*args: str, timeout: float = 120, env: dict | None = None, cwd=None):
     """Run the real `a3c` command in a fresh process."""
     return subprocess.run([sys.executable, "-m", "a3c", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=cwd or ROOT)

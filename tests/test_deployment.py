@@ -15,11 +15,8 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +26,7 @@ import yaml
 
 from a3c.health import check_grpc, check_http
 from a3c.local import free_port
-from tests.conftest import ROOT
+from tests.processes import ROOT, metric, stop, wait_for
 
 DOCKERFILES = sorted((ROOT / "deploy").rglob("Dockerfile*"))
 COMPOSE = ROOT / "docker-compose.yml"
@@ -185,29 +182,6 @@ def localize(service: Service, learner_grpc: int, data_dir: Path) -> tuple[list[
     return [sys.executable, "-m", "a3c", *argv[1:]], env
 
 
-def metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else float("nan")
-
-
-def eventually(check, timeout: float, what: str, processes: list[subprocess.Popen]) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        dead = [p.args[3:] + [f"exit {p.returncode}"] for p in processes if p.poll() is not None]
-        assert not dead, f"a container process died while waiting for {what}: {dead}"
-        try:
-            if check() is not False:
-                return
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe, tmp_path: Path) -> None:
     grpc_port = free_port()
     learner.ports.setdefault(50051, grpc_port)
@@ -218,27 +192,21 @@ def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe
         argv, env = localize(learner, grpc_port, data)
         learner_log = open(tmp_path / "learner.log", "w")
         processes.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=learner_log, stderr=learner_log))
-        eventually(lambda: learner_probe(grpc_port), 90, "the learner's health check", processes)
+        wait_for(lambda: learner_probe(grpc_port), 90, "the learner's health check", tuple(processes))
         for actor in actors:
             argv, env = localize(actor, grpc_port, data)
             processes.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL))
         metrics_port = learner.ports[9400]
-        eventually(lambda: metric(metrics_port, "a3c_learner_actors_active") == len(actors), 120,
-                   "every actor to push", processes)
+        wait_for(lambda: metric(metrics_port, "a3c_learner_actors_active") == len(actors), 120,
+                 "every actor to push", tuple(processes))
         version = metric(metrics_port, "a3c_learner_param_version")
-        eventually(lambda: metric(metrics_port, "a3c_learner_param_version") >= version + 10, 60,
-                   "the version to climb", processes)
+        wait_for(lambda: metric(metrics_port, "a3c_learner_param_version") >= version + 10, 60,
+                 "the version to climb", tuple(processes))
         for actor in actors:
-            eventually(lambda: actor_probe(actor.ports[9401]), 30, "the actor's health check", processes)
+            wait_for(lambda: actor_probe(actor.ports[9401]), 30, "the actor's health check", tuple(processes))
     finally:
-        for proc in processes:
-            proc.send_signal(signal.SIGTERM)
-        for proc in processes:
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop(*processes)
     # SIGTERM gave the learner its final checkpoint, in the volume.
     assert processes[0].returncode == 0, (tmp_path / "learner.log").read_text()[-2000:]
     assert (data / "checkpoints" / "latest.pt").exists()

@@ -144,7 +144,7 @@ def test_too_stale_push_is_refused(start_learner):
 
 
 def test_gradient_from_the_wire_in_float16_is_accepted(learner, stub):
-    grads = [codec.encode(n, torch.full(s, 0.5), torch.float16) for n, s in learner.model.layout]
+    grads = [codec.encode(n, torch.full(s, 0.001), torch.float16) for n, s in learner.model.layout]
     reply = stub.PushGradients(pb.PushGradientsRequest(actor_id="h", seq=1, base_version=0, gradients=grads),
                                timeout=10)
     assert reply.version == 1

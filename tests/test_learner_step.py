@@ -26,7 +26,7 @@ def test_apply_with_sgd_subtracts_lr_times_gradient_and_bumps_version():
 
 
 def test_one_push_over_grpc_applies_exactly_the_sent_gradient(start_learner):
-    learner = start_learner(optimizer="sgd", lr=0.5)
+    learner = start_learner(optimizer="sgd", lr=0.5, max_grad_norm=100.0)
     model = learner.model
     before = [p.detach().clone() for p in model.params]
     gradients = [torch.full_like(p, 0.125) for p in model.params]

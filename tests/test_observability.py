@@ -4,19 +4,14 @@ expressions, and checked by promtool."""
 import json
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
 import urllib.parse
-import urllib.request
-from pathlib import Path
 
 import pytest
 import yaml
 
 from a3c.local import free_port, write_scrape_targets
-from tests.conftest import ROOT
+from tests.processes import ROOT, LocalRun, http_get, stop, wait_for
 
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
@@ -29,70 +24,15 @@ def tool(name: str) -> str:
     return path
 
 
-def http_get(url: str, timeout: float = 5) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return response.read().decode()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def a3c(*args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "a3c", *args], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
-
-
-class Cluster:
-    """A CartPole learner and two actors as real processes on loopback, each with its own metrics port."""
-
-    def __init__(self, tmp: Path) -> None:
-        port_file = tmp / "learner.port"
-        self.learner_metrics = free_port()
-        self.actor_metrics = [free_port(), free_port()]
-        self.learner = a3c("learner", "--env", "CartPole-v1", "--listen", "127.0.0.1:0", "--port-file",
-                           str(port_file), "--metrics-port", str(self.learner_metrics),
-                           "--checkpoint-dir", str(tmp / "ckpt"), "--log-interval", "1")
-        port = wait_for(lambda: port_file.exists() and port_file.read_text(), 60, "the learner's port")
-        self.actors = [a3c("actor", "--learner", f"127.0.0.1:{port}", "--num-envs", "2",
-                           "--metrics-port", str(p), "--seed", str(i)) for i, p in enumerate(self.actor_metrics)]
-
-    def metrics(self, port: int) -> str:
-        return http_get(f"http://127.0.0.1:{port}/metrics")
-
-    def stop_actors(self) -> list[str]:
-        for actor in self.actors:
-            actor.send_signal(signal.SIGTERM)
-        return [actor.communicate(timeout=30)[1] for actor in self.actors]
-
-    def close(self) -> None:
-        for proc in [*self.actors, self.learner]:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in [*self.actors, self.learner]:
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 @pytest.fixture
 def cluster(tmp_path):
-    cluster = Cluster(tmp_path)
-    yield cluster
-    cluster.close()
-
-
-def sample(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
-    assert match, f"{name} not exported"
-    return float(match.group(1))
+    """A CartPole learner and two actors as real processes."""
+    run = LocalRun(tmp_path)
+    run.start_learner()
+    run.start_actor()
+    run.start_actor()
+    yield run
+    run.close()
 
 
 def panel_expressions():
@@ -147,7 +87,8 @@ def test_real_prometheus_scrapes_everything_the_dashboard_queries(cluster, tmp_p
         return reply["data"]["result"]
 
     try:
-        wait_for(lambda: _ready(web), 30, "Prometheus to start")
+        wait_for(lambda: "Ready" in http_get(f"http://127.0.0.1:{web}/-/ready", timeout=1), 30,
+                 "Prometheus to start")
         wait_for(lambda: len(query("up == 1")) == 3, 60, "three targets up")
         wait_for(lambda: query('count_over_time(up{job="learner"}[1m]) >= 6'), 60, "six scrapes")
         empty = [(title, expr) for title, expr in panel_expressions() if not query(expr)]
@@ -157,19 +98,11 @@ def test_real_prometheus_scrapes_everything_the_dashboard_queries(cluster, tmp_p
         prometheus.wait(timeout=30)
 
 
-def _ready(port: int) -> bool:
-    try:
-        return "Ready" in http_get(f"http://127.0.0.1:{port}/-/ready", timeout=1)
-    except OSError:
-        return False
-
-
 @pytest.mark.slow
 def test_promtool_accepts_what_both_services_serve(cluster):
-    wait_for(lambda: sample(cluster.metrics(cluster.learner_metrics), "a3c_learner_updates_total") > 0, 60,
-             "a first update")
+    wait_for(lambda: cluster.learner_metric("a3c_learner_updates_total") > 0, 60, "a first update")
     for port in [cluster.learner_metrics, *cluster.actor_metrics]:
-        text = cluster.metrics(port)
+        text = http_get(f"http://127.0.0.1:{port}/metrics")
         result = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text
@@ -177,15 +110,14 @@ def test_promtool_accepts_what_both_services_serve(cluster):
 
 @pytest.mark.slow
 def test_learner_counters_agree_with_what_the_actors_saw(cluster):
-    wait_for(lambda: sample(cluster.metrics(cluster.learner_metrics), "a3c_learner_updates_total") >= 50, 60,
-             "50 updates")
+    wait_for(lambda: cluster.learner_metric("a3c_learner_updates_total") >= 50, 60, "50 updates")
+    stop(*cluster.actors)
     accepted = frames = 0
-    for log in cluster.stop_actors():
-        match = re.search(r"stopped after (\d+) accepted pushes \((\d+) frames\)", log)
-        assert match, log
+    for index in range(len(cluster.actors)):
+        match = re.search(r"stopped after (\d+) accepted pushes \((\d+) frames\)", cluster.log(f"actor-{index}"))
+        assert match, cluster.log(f"actor-{index}")
         accepted += int(match.group(1))
         frames += int(match.group(2))
-    learner = cluster.metrics(cluster.learner_metrics)
-    assert sample(learner, "a3c_learner_updates_total") == accepted
-    assert sample(learner, "a3c_learner_env_frames_total") == frames
-    assert sample(learner, "a3c_learner_param_version") == accepted
+    assert cluster.learner_metric("a3c_learner_updates_total") == accepted
+    assert cluster.learner_metric("a3c_learner_env_frames_total") == frames
+    assert cluster.learner_metric("a3c_learner_param_version") == accepted

@@ -1,0 +1,118 @@
+"""Helpers for tests that run the real `a3c` services as separate processes."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from a3c.local import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_a3c(*args: str, log: Path, **kwargs) -> subprocess.Popen:
+    """`a3c ARGS...` in its own process, stdout and stderr to `log`."""
+    handle = open(log, "a")
+    return subprocess.Popen([sys.executable, "-m", "a3c", *args], cwd=ROOT, stdout=handle, stderr=handle,
+                            text=True, **kwargs)
+
+
+def http_get(url: str, timeout: float = 5) -> str:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read().decode()
+
+
+def metric(port: int, name: str) -> float:
+    """One unlabelled sample from a /metrics endpoint (NaN when absent)."""
+    match = re.search(rf"^{re.escape(name)} (\S+)$", http_get(f"http://127.0.0.1:{port}/metrics"), re.MULTILINE)
+    return float(match.group(1)) if match else float("nan")
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str,
+             processes: tuple[subprocess.Popen, ...] = ()) -> object:
+    """Poll `check` until it returns something truthy; fail fast if one of `processes` dies meanwhile."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        dead = [(p.args[3:5], p.returncode) for p in processes if p.poll() is not None]
+        assert not dead, f"a process died while waiting for {what}: {dead}"
+        try:
+            value = check()
+        except Exception as err:  # not up yet: connection refused, a probe that fails, ...
+            value, last_error = None, err
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what} (last error: {last_error!r})")
+        time.sleep(0.25)
+
+
+def stop(*processes: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 60) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+    for proc in processes:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class LocalRun:
+    """A learner and actors as real processes on loopback, each with its own metrics port."""
+
+    def __init__(self, tmp: Path, env: str = "CartPole-v1", learner_args: tuple[str, ...] = (),
+                 grpc_port: int | None = None) -> None:
+        self.tmp = tmp
+        self.env = env
+        self.learner_args = learner_args
+        self.grpc_port = grpc_port or free_port()
+        self.learner_metrics = free_port()
+        self.actor_metrics: list[int] = []
+        self.learner: subprocess.Popen | None = None
+        self.actors: list[subprocess.Popen] = []
+
+    @property
+    def processes(self) -> tuple[subprocess.Popen, ...]:
+        return tuple(p for p in [self.learner, *self.actors] if p is not None)
+
+    def start_learner(self, wait: bool = True) -> subprocess.Popen:
+        self.learner = start_a3c("learner", "--env", self.env, "--listen", f"127.0.0.1:{self.grpc_port}",
+                                 "--metrics-port", str(self.learner_metrics), "--checkpoint-dir",
+                                 str(self.tmp / "checkpoints"), "--log-interval", "1", *self.learner_args,
+                                 log=self.tmp / "learner.log")
+        if wait:
+            wait_for(lambda: metric(self.learner_metrics, "a3c_learner_param_version") >= 0, 60,
+                     "the learner", (self.learner,))
+        return self.learner
+
+    def start_actor(self, *args: str) -> subprocess.Popen:
+        port = free_port()
+        index = len(self.actors)
+        actor = start_a3c("actor", "--learner", f"127.0.0.1:{self.grpc_port}", "--num-envs", "2",
+                          "--metrics-port", str(port), "--seed", str(index), *args,
+                          log=self.tmp / f"actor-{index}.log")
+        self.actor_metrics.append(port)
+        self.actors.append(actor)
+        return actor
+
+    def learner_metric(self, name: str) -> float:
+        return metric(self.learner_metrics, name)
+
+    def version(self) -> float:
+        return self.learner_metric("a3c_learner_param_version")
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text()
+
+    def close(self) -> None:
+        stop(*self.actors, timeout=30)
+        if self.learner is not None:
+            stop(self.learner)

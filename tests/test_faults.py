@@ -1,0 +1,146 @@
+"""Faults injected into real processes: killed actors, a killed or stopped learner, a torn checkpoint write,
+actors that start first. The promise: actors are disposable, the learner resumes on its own, and a failure
+costs at most the work since the last checkpoint."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from a3c.config import LearnerConfig
+from learner import checkpoint
+from learner.service import LearnerService
+from tests.processes import ROOT, LocalRun, stop, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def run(tmp_path):
+    run = LocalRun(tmp_path, learner_args=("--checkpoint-interval", "1", "--progress-file",
+                                           str(tmp_path / "progress.jsonl")))
+    yield run
+    run.close()
+
+
+def test_a_killed_actor_does_not_stop_training(run):
+    run.start_learner()
+    doomed, survivor = run.start_actor(), run.start_actor()
+    wait_for(lambda: run.learner_metric("a3c_learner_actors_active") == 2, 60, "both actors", run.processes)
+    doomed.send_signal(signal.SIGKILL)
+    doomed.wait()
+    version = run.version()
+    wait_for(lambda: run.version() >= version + 50, 60, "training to go on", (run.learner, survivor))
+
+
+def test_a_killed_learner_is_restarted_and_resumes_where_its_checkpoint_was(run, tmp_path):
+    run.start_learner()
+    run.start_actor(), run.start_actor()
+    latest = tmp_path / "checkpoints" / checkpoint.LATEST
+    wait_for(lambda: latest.exists() and checkpoint.load(latest)["global"]["version"] >= 100, 90,
+             "a checkpoint at version 100", run.processes)
+    run.learner.send_signal(signal.SIGKILL)
+    run.learner.wait()
+    saved = checkpoint.load(latest)
+
+    # What a restarted learner holds: exactly the checkpoint's model, optimizer, version and counters.
+    config = LearnerConfig(env="CartPole-v1", listen="127.0.0.1:0", metrics_port=0,
+                           checkpoint_dir=str(tmp_path / "checkpoints"))
+    probe = LearnerService(config)
+    probe.start()
+    try:
+        assert probe.model.version == saved["global"]["version"]
+        assert probe.stats.updates == saved["stats"]["updates"]
+        assert probe.stats.env_frames == saved["stats"]["env_frames"]
+        for name, value in saved["global"]["model"].items():
+            assert torch.equal(probe.model.model.state_dict()[name], value)
+        restored = probe.model.optimizer.state_dict()["state"]
+        assert restored and all(torch.equal(restored[k]["square_avg"], v["square_avg"])
+                                for k, v in saved["global"]["optimizer"]["state"].items())
+    finally:
+        probe.server.stop(grace=None)
+        probe.metrics_server.shutdown()
+
+    # The real learner comes back on its port; the actors, never restarted, reconnect on their own.
+    run.start_learner()
+    assert run.version() >= saved["global"]["version"]
+    wait_for(lambda: run.version() >= saved["global"]["version"] + 100, 90, "the version to climb again",
+             run.processes)
+    assert "resumed from" in run.log("learner")
+    assert all(actor.poll() is None for actor in run.actors)
+
+
+def test_sigterm_makes_the_learner_write_a_final_checkpoint(run, tmp_path):
+    run.start_learner()
+    run.start_actor()
+    wait_for(lambda: run.version() >= 50, 60, "50 updates", run.processes)
+    stop(run.learner)
+    assert run.learner.returncode == 0
+    final = json.loads((tmp_path / "progress.jsonl").read_text().splitlines()[-1])
+    saved = checkpoint.load(tmp_path / "checkpoints" / checkpoint.LATEST)
+    # Nothing applied before the stop is missing from the checkpoint.
+    assert saved["global"]["version"] == final["version"] == final["updates"] == saved["stats"]["updates"]
+
+
+KILLED_WRITER = """
+import sys, torch
+from learner import checkpoint
+for version in range(10**6):
+    checkpoint.save(sys.argv[1], {"version": version, "weights": torch.full((4_000_000,), float(version))})
+    print(version, flush=True)
+"""
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.01, 0.02, 0.04, 0.08])
+def test_a_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path, delay):
+    """A 16 MB checkpoint is rewritten in a loop and the writer SIGKILLed at some point of a later write."""
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    assert writer.stdout.readline().strip() == "0"  # the first checkpoint is complete
+    time.sleep(delay)
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    state, _ = checkpoint.load_newest(tmp_path)
+    assert torch.equal(state["weights"], torch.full((4_000_000,), float(state["version"])))
+    checkpoint.save(tmp_path, {"version": -1})  # the next writer sweeps away what the killed one left
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_torn_latest_checkpoint_falls_back_to_the_previous(tmp_path):
+    checkpoint.save(tmp_path, {"version": 1})
+    checkpoint.save(tmp_path, {"version": 2})
+    (tmp_path / checkpoint.LATEST).write_bytes(b"torn")
+    state, path = checkpoint.load_newest(tmp_path)
+    assert state == {"version": 1} and path.name == checkpoint.PREVIOUS
+
+
+def test_checkpoints_refuse_to_unpickle_code(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    (tmp_path / checkpoint.LATEST).write_bytes(pickle.dumps({"version": Evil()}, protocol=2))
+    assert checkpoint.load_newest(tmp_path) is None
+
+
+def test_actors_started_before_the_learner_wait_for_it(run):
+    run.start_actor(), run.start_actor()
+    time.sleep(10)
+    assert all(actor.poll() is None for actor in run.actors)
+    run.start_learner()
+    wait_for(lambda: run.learner_metric("a3c_learner_actors_active") == 2, 60, "both actors", run.processes)
+
+
+def test_sigterm_ends_an_actor_cleanly(run):
+    run.start_learner()
+    actor = run.start_actor()
+    wait_for(lambda: run.version() >= 10, 60, "a few updates", run.processes)
+    stop(actor)
+    assert actor.returncode == 0
+    assert "stopped after" in run.log("actor-0") and "Traceback" not in run.log("actor-0")

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: train test proto tools clean
+.PHONY: train test bench proto tools clean
 
 # CPU build of torch first, pinned, so nothing can pull a CUDA build in; then the project and its test tools.
 $(STAMP): pyproject.toml
@@ -30,6 +30,10 @@ tools:
 
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+# The benchmark (about 7 minutes on 2 cores; not part of `make test`): JSON in bench/results.json, a table on stdout.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
 
 # Regenerate proto/a3c_pb2*.py after editing proto/a3c.proto (a test fails while they are stale).
 proto: $(STAMP)

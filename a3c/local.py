@@ -106,7 +106,12 @@ def _wait_for_port(port_file: Path, learner: subprocess.Popen) -> int:
     raise LaunchError(f"the learner did not start serving within {LEARNER_START_TIMEOUT:g}s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorConfig) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)  # a supervisor's SIGTERM stops the run as cleanly as Ctrl-C
     describe_env(learner_config.env)  # a bad --env fails here, in one line, before anything starts
     run_dir = Path(limits.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{learner_config.env.replace('/', '_')}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -163,6 +168,7 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
     except KeyboardInterrupt:
         interrupted = True
         log.info("interrupted; stopping")
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop at a time
     finally:
         _stop(actors, timeout=15.0)
         _stop([learner], timeout=60.0)

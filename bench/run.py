@@ -1,0 +1,243 @@
+"""`make bench` (python -m bench): every figure of one report from one run on one machine.
+
+1. ceiling: the actor's own work with an in-process apply, per core, times the cores
+2. end to end: `a3c train` with 1, 2, 4 and 8 actors as real processes over gRPC, and its ratio to the ceiling
+3. peer: Stable-Baselines3 A2C on the same env, and our ratio to it
+4. wire: share of actor time in RPCs, bytes per agent step, p50/p99 of each RPC (from the actors' metrics)
+5. learner capacity: synthetic pushers against one learner, updates/s and the frames/s that equals
+6. memory: peak resident memory of learner and actor
+
+Throughputs are medians of repeated windows. Results go to a JSON file and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from a3c.config import ActorConfig, HyperParams
+from a3c.local import free_port, last_record
+from bench.capacity import start_pushers
+from bench.ceiling import measure_ceiling
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
+            "platform": platform.platform()}
+
+
+def scrape(port: int) -> dict[tuple[str, tuple], float]:
+    """Every sample of a /metrics endpoint, keyed by (name, sorted labels)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def quantile(before: dict, after: dict, name: str, labels: dict, q: float) -> float | None:
+    """The q-quantile of a histogram's observations between two scrapes (linear within a bucket)."""
+    buckets = []
+    for (sample, sample_labels), value in after.items():
+        found = dict(sample_labels)
+        if sample != f"{name}_bucket" or any(found.get(k) != v for k, v in labels.items()):
+            continue
+        bound = float(found["le"])
+        buckets.append((bound, value - before.get((sample, sample_labels), 0.0)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank, lower, below = q * buckets[-1][1], 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if bound == float("inf"):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
+
+
+def total(scraped: dict, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in scraped.items()
+               if n == name and all(dict(ls).get(k) == val for k, val in labels.items()))
+
+
+def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: int, workdir: Path) -> dict:
+    """`a3c train` with its defaults: frames/s of `windows` windows after `warmup` seconds of training."""
+    run_dir = workdir / f"e2e-{actors}"
+    proc = subprocess.Popen([sys.executable, "-m", "a3c", "train", "--env", env_id, "--actors", str(actors),
+                             "--run-dir", str(run_dir), "--log-interval", "1"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    progress = run_dir / "progress.jsonl"
+    while (record := last_record(progress)) is None or record["frames"] == 0:
+        if proc.poll() is not None:
+            raise RuntimeError(f"a3c train with {actors} actors exited early")
+        time.sleep(0.2)
+    targets = json.loads((run_dir / "scrape-targets.json").read_text())
+    learner_port = int(targets[0]["targets"][0].rsplit(":", 1)[1])
+    actor_ports = [int(t.rsplit(":", 1)[1]) for t in targets[1]["targets"]]
+    time.sleep(warmup)
+    marks, peaks = [], {"learner": 0.0, "actor": 0.0}
+    for index in range(windows + 1):
+        snapshot = {"time": time.monotonic(), "learner": scrape(learner_port),
+                    "actors": [scrape(port) for port in actor_ports]}
+        marks.append(snapshot)
+        peaks["learner"] = max(peaks["learner"], total(snapshot["learner"], "process_resident_memory_bytes"))
+        peaks["actor"] = max([peaks["actor"]] + [total(a, "process_resident_memory_bytes")
+                                                 for a in snapshot["actors"]])
+        if index < windows:
+            time.sleep(window)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    rates = [(total(b["learner"], "a3c_learner_env_frames_total") - total(a["learner"], "a3c_learner_env_frames_total"))
+             / (b["time"] - a["time"]) for a, b in zip(marks, marks[1:])]
+    first, last = marks[0], marks[-1]
+    wall = last["time"] - first["time"]
+    rpc_share, bytes_per_step, latency = [], [], {}
+    for before, after in zip(first["actors"], last["actors"]):
+        rpc = total(after, "a3c_actor_rpc_seconds_sum") - total(before, "a3c_actor_rpc_seconds_sum")
+        rpc_share.append(rpc / wall)
+        steps = (total(after, "a3c_actor_env_frames_total") - total(before, "a3c_actor_env_frames_total"))
+        steps /= 4 if "NoFrameskip" in env_id or env_id.startswith("ALE/") else 1
+        moved = sum(total(after, n) - total(before, n)
+                    for n in ("a3c_actor_sent_bytes_total", "a3c_actor_received_bytes_total"))
+        bytes_per_step.append(moved / max(steps, 1))
+        for method in ("PushGradients", "GetParams"):
+            for q in (0.5, 0.99):
+                value = quantile(before, after, "a3c_actor_rpc_seconds", {"method": method}, q)
+                if value is not None:
+                    latency.setdefault(f"{method}_p{int(q * 100)}_ms", []).append(1000 * value)
+    return {"actors": actors, "frames_per_second": statistics.median(rates), "window_rates": rates,
+            "rpc_share": statistics.mean(rpc_share), "bytes_per_agent_step": statistics.mean(bytes_per_step),
+            "latency_ms": {k: statistics.median(v) for k, v in latency.items()},
+            "peak_rss_mb": {k: v / 2**20 for k, v in peaks.items()}}
+
+
+def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, workdir: Path) -> dict:
+    port, metrics_port = free_port(), free_port()
+    defaults = HyperParams()
+    learner = subprocess.Popen([sys.executable, "-m", "a3c", "learner", "--env", env_id, "--listen",
+                                f"127.0.0.1:{port}", "--metrics-port", str(metrics_port), "--checkpoint-dir",
+                                str(workdir / "capacity"), "--max-staleness", "100000000", "--log-interval", "60"],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                scrape(metrics_port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        pushers = start_pushers(f"127.0.0.1:{port}", env_id, processes, threads, seconds + 8,
+                                defaults.max_grad_norm, defaults.wire_dtype)
+        time.sleep(6)  # pushers importing torch and connecting
+        rates, rss = [], 0.0
+        for _ in range(3):
+            before, start = scrape(metrics_port), time.monotonic()
+            time.sleep(seconds / 3)
+            after = scrape(metrics_port)
+            rates.append((total(after, "a3c_learner_updates_total") - total(before, "a3c_learner_updates_total"))
+                         / (time.monotonic() - start))
+            rss = max(rss, total(after, "process_resident_memory_bytes"))
+        for pusher in pushers:
+            pusher.join(timeout=60)
+    finally:
+        learner.terminate()
+        learner.wait(timeout=60)
+    frames_per_update = defaults.t_max * ActorConfig().num_envs * (4 if "NoFrameskip" in env_id else 1)
+    updates = statistics.median(rates)
+    return {"pushers": processes * threads, "updates_per_second": updates, "window_rates": rates,
+            "frames_per_update": frames_per_update, "frames_per_second_equivalent": updates * frames_per_update,
+            "learner_peak_rss_mb": rss / 2**20}
+
+
+def peer(env_id: str, seconds: float) -> dict:
+    result = subprocess.run([sys.executable, "-m", "bench.peer_sb3", "--env", env_id, "--seconds", str(seconds)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)
+    if result.returncode != 0:
+        return {"error": (result.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def table(report: dict) -> str:
+    ceiling = report["ceiling"]["frames_per_second"]
+    peer_fps = report["peer"].get("frames_per_second")
+    rows = [("Ceiling (actor work + in-process apply, 1 core x cores)",
+             f"{ceiling:,.0f} frames/s ({report['ceiling']['per_core']:,.0f} per core)")]
+    if peer_fps:
+        rows.append(("Stable-Baselines3 A2C, 16 envs", f"{peer_fps:,.0f} frames/s"))
+    for run in report["end_to_end"]:
+        ratio = f"{run['frames_per_second'] / ceiling:.0%} of ceiling"
+        if peer_fps:
+            ratio += f", {run['frames_per_second'] / peer_fps:.2f}x SB3 A2C"
+        rows.append((f"a3c train, {run['actors']} actor(s)", f"{run['frames_per_second']:,.0f} frames/s ({ratio})"))
+    wire = next((r for r in report["end_to_end"] if r["actors"] == 2), report["end_to_end"][0])
+    latency = ", ".join(f"{k.replace('_ms', '')} {v:.1f} ms" for k, v in sorted(wire["latency_ms"].items()))
+    rows += [(f"Wire ({wire['actors']} actors): time in RPCs", f"{wire['rpc_share']:.1%} of actor wall time"),
+             ("Wire: bytes per agent step", f"{wire['bytes_per_agent_step']:,.0f} B"),
+             ("Wire: RPC latency seen by actors", latency or "n/a")]
+    capacity = report["learner_capacity"]
+    rows += [(f"Learner capacity ({capacity['pushers']} synthetic pushers)",
+              f"{capacity['updates_per_second']:,.0f} updates/s = {capacity['frames_per_second_equivalent']:,.0f} "
+              f"frames/s at {capacity['frames_per_update']} frames per update"),
+             ("Peak resident memory", f"learner {max(r['peak_rss_mb']['learner'] for r in report['end_to_end']):,.0f} MB, "
+              f"actor {max(r['peak_rss_mb']['actor'] for r in report['end_to_end']):,.0f} MB")]
+    m = report["machine"]
+    head = (f"Measured {report['date']} on {m['cores']} cores ({m['cpu']}), {report['env']}, defaults; "
+            f"medians of repeated windows.\n\n| what | result |\n|---|---|\n")
+    return head + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="PongNoFrameskip-v4")
+    parser.add_argument("--actors", default="1,2,4,8", help="actor counts for the end-to-end runs")
+    parser.add_argument("--window", type=float, default=10.0, help="seconds per measured window (3 per run)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: short windows, one actor count")
+    parser.add_argument("--output", default="bench/results.json")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    counts = [1] if quick else [int(n) for n in args.actors.split(",")]
+    window, warmup = (2.0, 3.0) if quick else (args.window, 15.0)
+
+    report = {"date": time.strftime("%Y-%m-%d"), "env": args.env, "machine": machine()}
+    print(f"machine: {report['machine']}", file=sys.stderr)
+    rates = measure_ceiling(args.env, ActorConfig().num_envs, HyperParams().t_max,
+                            seconds=1.0 if quick else 8.0, repeats=3)
+    per_core = statistics.median(rates)
+    report["ceiling"] = {"per_core": per_core, "frames_per_second": per_core * os.cpu_count(), "window_rates": rates}
+    print(f"ceiling: {per_core:,.0f} frames/s per core", file=sys.stderr)
+    with tempfile.TemporaryDirectory() as tmp:
+        report["end_to_end"] = []
+        for count in counts:
+            run = end_to_end(args.env, count, window, warmup, windows=3, workdir=Path(tmp))
+            report["end_to_end"].append(run)
+            print(f"end to end, {count} actors: {run['frames_per_second']:,.0f} frames/s", file=sys.stderr)
+        report["peer"] = peer(args.env, 4.0 if quick else 40.0)
+        print(f"peer: {report['peer']}", file=sys.stderr)
+        report["learner_capacity"] = learner_capacity(args.env, 3.0 if quick else 15.0, processes=2, threads=4,
+                                                      workdir=Path(tmp))
+        print(f"capacity: {report['learner_capacity']['updates_per_second']:,.0f} updates/s", file=sys.stderr)
+    report["table"] = table(report)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2) + "\n")
+    print(report["table"])
+    return 0

@@ -1,0 +1,26 @@
+"""A short smoke run of `make bench`, so the benchmark cannot rot: every part runs and reports a number."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.processes import ROOT
+
+
+@pytest.mark.slow
+def test_benchmark_quick_run_reports_every_figure(tmp_path):
+    output = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "bench", "--quick", "--env", "CartPole-v1", "--output", str(output)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    assert report["ceiling"]["frames_per_second"] > 0
+    (run,) = report["end_to_end"]
+    assert run["frames_per_second"] > 0 and 0 < run["rpc_share"] < 1 and run["bytes_per_agent_step"] > 0
+    assert run["latency_ms"]["PushGradients_p50_ms"] > 0
+    assert report["peer"]["frames_per_second"] > 0, report["peer"]
+    assert report["learner_capacity"]["updates_per_second"] > 0
+    assert "| a3c train, 1 actor(s) |" in result.stdout

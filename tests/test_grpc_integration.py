@@ -141,6 +141,7 @@ def test_too_stale_push_is_refused(start_learner):
                                                        gradients=_gradients(learner)), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "stale" in err.value.details()
     assert (learner.model.version, learner.model.digest()) == (3, digest)
+    assert learner.servicer.rejected == {"stale": 1}
 
 
 def test_gradient_from_the_wire_in_float16_is_accepted(learner, stub):

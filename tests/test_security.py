@@ -2,6 +2,7 @@
 
 import logging
 import subprocess
+import threading
 
 import grpc
 import pytest
@@ -96,9 +97,36 @@ def test_gradient_above_the_clip_norm_is_refused(learner, stub):
         stub.PushGradients(push_request(learner, scale=1.0), timeout=5)  # norm sqrt(4675), clip 0.5
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "huge_norm" in err.value.details()
     assert learner.model.digest() == digest
+    assert learner.servicer.rejected == {"huge_norm": 1}
     # Just under the clip norm goes through.
     small = 0.49 / (sum(torch.Size(s).numel() for _, s in learner.model.layout) ** 0.5)
     assert stub.PushGradients(push_request(learner, scale=small, seq=2), timeout=5).version == 1
+
+
+def test_calls_beyond_the_concurrency_cap_get_resource_exhausted(start_learner):
+    learner = start_learner(max_concurrent_rpcs=2, workers=2)
+    codes: list = []
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
+            stub = pb_grpc.LearnerStub(channel)
+            for _ in range(40):
+                try:
+                    stub.GetParams(pb.GetParamsRequest(actor_id="h", have_version=-1), timeout=10)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as err:
+                    code = err.code()
+                with lock:
+                    codes.append(code)
+
+    threads = [threading.Thread(target=hammer) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert len(codes) == 12 * 40  # every call answered, none hung
 
 
 def test_not_serving_until_resumed(tmp_path):

@@ -48,7 +48,9 @@ class Actor:
                                     self.metrics, config.auth_token, config.tls_ca)
         self.seq = 0
         self.version = -1
+        self.spec: pb.RunSpec | None = None
         self.model = None
+        self.layout: list[tuple[str, tuple[int, ...]]] = []
         self.rollout: VectorRollout | None = None
 
     def _load(self, params: pb.Params) -> None:
@@ -77,6 +79,8 @@ class Actor:
                              f"not {self.spec.env_id}; restart this actor")
         else:
             log.info("%s reconnected to %s", self.client.actor_id, self.config.learner)
+            self.spec = spec  # a restarted learner may have changed its rollout settings
+            self.rollout.t_max = spec.t_max
         self.version = -1
         self._load(self.client.get_params(self.version))
         return True

@@ -25,8 +25,10 @@ class ConfigError(UserFacingError, ValueError):
     """A setting is invalid; the message names it and says why, in one line."""
 
 
-def option(default: Any, help: str, *, choices: Optional[Iterable[str]] = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None})
+def option(default: Any, help: str, *, choices: Optional[Iterable[str]] = None, secret: bool = False) -> Any:
+    """A config field; `secret` keeps its value (perhaps from the environment) out of --help."""
+    return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None,
+                                            "secret": secret})
 
 
 def _require(ok: bool, message: str) -> None:
@@ -94,7 +96,8 @@ class LearnerConfig(HyperParams):
     workers: int = option(8, "gRPC server worker threads")
     metrics_port: int = option(9400, "port of the Prometheus /metrics endpoint (0 picks a free port)")
     max_concurrent_rpcs: int = option(256, "calls served at once; more get RESOURCE_EXHAUSTED, not unbounded memory")
-    auth_token: str = option("", "require this bearer token from every caller (the health service stays open)")
+    auth_token: str = option("", "require this bearer token from every caller (the health service stays open)",
+                             secret=True)
     tls_cert: str = option("", "PEM certificate chain to serve TLS with (needs --tls-key)")
     tls_key: str = option("", "PEM private key of --tls-cert")
 
@@ -122,7 +125,7 @@ class ActorConfig:
     connect_timeout: float = option(60.0, "seconds to keep trying to reach the learner before giving up")
     rpc_timeout: float = option(10.0, "deadline of each call to the learner, in seconds")
     metrics_port: int = option(9401, "port of the Prometheus /metrics endpoint (0 picks a free port)")
-    auth_token: str = option("", "bearer token to present to the learner")
+    auth_token: str = option("", "bearer token to present to the learner", secret=True)
     tls_ca: str = option("", "PEM CA certificate to trust: connect to the learner over TLS")
 
     def __post_init__(self) -> None:
@@ -197,7 +200,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: Iterab
         default = f.default
         if _env_name(f.name) in environ:
             default = _parse(kind, environ[_env_name(f.name)], _env_name(f.name))
-        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}; default: %(default)s]"
+        shown = "hidden" if f.metadata["secret"] else "unset" if default in ("", None) else "%(default)s"
+        help_text = f"{f.metadata['help']} [env {_env_name(f.name)}; default: {shown}]"
         if kind is bool:
             parser.add_argument(_flag(f.name), dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)

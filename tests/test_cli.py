@@ -22,6 +22,11 @@ def test_defaults_flags_and_environment():
     assert parse("--num-envs", "5", environ={"A3C_NUM_ENVS": "3"}).num_envs == 5  # the flag wins
 
 
+def test_help_never_shows_a_token_from_the_environment(tmp_path):
+    result = run_a3c("learner", "--help", env={"A3C_AUTH_TOKEN": "hunter2"}, cwd=tmp_path)
+    assert result.returncode == 0 and "A3C_AUTH_TOKEN" in result.stdout and "hunter2" not in result.stdout
+
+
 def test_bad_environment_value_names_the_variable():
     with pytest.raises(config.ConfigError, match="A3C_NUM_ENVS: expected int, got 'many'"):
         parse(environ={"A3C_NUM_ENVS": "many"})

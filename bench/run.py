@@ -37,8 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def machine() -> dict:
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor())
-    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "platform": platform.platform()}
+    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version()}
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

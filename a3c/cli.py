@@ -47,6 +47,39 @@ def _run_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from a3c import playing
+
+    policy = playing.load_policy(args.checkpoint)
+    print(playing.format_evaluation(policy, playing.evaluate(policy, args.episodes, args.seed)), flush=True)
+    return 0
+
+
+def _run_play(args: argparse.Namespace) -> int:
+    from a3c import playing
+
+    if args.video and not args.video.lower().endswith(".gif"):
+        raise config.ConfigError(f"--video must name a .gif file, got {args.video!r}")
+    policy = playing.load_policy(args.checkpoint)
+    if args.video:
+        returns = playing.record_gif(policy, args.video, args.episodes, greedy=not args.sample, seed=args.seed,
+                                     frame_every=args.frame_every)
+        print(f"wrote {args.video}: {len(returns)} episode(s), returns {returns}")
+    else:
+        for i in range(args.episodes):
+            ret = playing.play_episode(policy, not args.sample, args.seed + i, render_mode=args.render)
+            print(f"episode {i + 1}: return {ret:+.0f}")
+    return 0
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from a3c.curves import plot_runs
+
+    for path in plot_runs(args.run_dirs, args.output_dir):
+        print(f"wrote {path}")
+    return 0
+
+
 # Settings `a3c train` chooses itself for the processes it starts.
 LOCAL_ONLY_LEARNER = ("listen", "checkpoint_dir", "progress_file", "port_file", "workers", "metrics_port",
                       "max_concurrent_rpcs", "auth_token", "tls_cert", "tls_key")
@@ -72,6 +105,26 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(train, config.RunLimits)
     config.add_arguments(train, config.LearnerConfig, exclude=LOCAL_ONLY_LEARNER)
     config.add_arguments(train, config.ActorConfig, exclude=LOCAL_ONLY_ACTOR)
+    evaluate = command("evaluate", _run_evaluate, "play greedy and sampled episodes with a checkpoint; print "
+                       "mean, std, min and max return and one JSON line")
+    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file, or a checkpoint directory "
+                          "(its best.pt, else latest.pt)")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes per mode")
+    evaluate.add_argument("--seed", type=int, default=0)
+
+    play = command("play", _run_play, "watch a checkpoint play: record a GIF or open a window")
+    play.add_argument("--checkpoint", required=True, help="a checkpoint file or directory")
+    play.add_argument("--video", help="write the episodes to this animated .gif")
+    play.add_argument("--render", choices=["human"], help="open a window (where a display exists)")
+    play.add_argument("--episodes", type=int, default=1)
+    play.add_argument("--sample", action="store_true", help="sample actions instead of taking the greedy one")
+    play.add_argument("--frame-every", type=int, default=2, help="keep every Nth agent step in the GIF")
+    play.add_argument("--seed", type=int, default=0)
+
+    plot = command("plot", _run_plot, "learning curves of one or more runs: mean return against frames and time")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (with progress.jsonl)")
+    plot.add_argument("--output-dir", default=".", help="where to write the PNGs")
+
     check = command("health", _run_health, "exit 0 if a learner (gRPC health) or an actor (HTTP /metrics) is up")
     target = check.add_mutually_exclusive_group(required=True)
     target.add_argument("--grpc", metavar="HOST:PORT", help="check the gRPC health service of a learner")

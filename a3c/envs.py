@@ -54,18 +54,21 @@ class EnvInfo:
     clip_rewards: bool
 
 
-def make_env(env_id: str, seed: int | None = None) -> gym.Env:
-    """One environment ready for the network: (4, 84, 84) uint8 frames for ALE games, float32 vectors else."""
+def make_env(env_id: str, seed: int | None = None, render_mode: str | None = None) -> gym.Env:
+    """One environment ready for the network: (4, 84, 84) uint8 frames for ALE games, float32 vectors else.
+
+    `render_mode` ("rgb_array", "human") is passed to the game for recording or watching it.
+    """
     if is_atari(env_id):
         from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
 
         # The wrapper does the frame skip (max-pooling the last two frames), so the emulator must not.
-        env = gym.make(env_id, frameskip=1)
+        env = gym.make(env_id, frameskip=1, render_mode=render_mode)
         env = AtariPreprocessing(env, noop_max=NOOP_MAX, frame_skip=FRAME_SKIP, screen_size=SCREEN_SIZE,
                                  terminal_on_life_loss=False, grayscale_obs=True, scale_obs=False)
         env = FrameStackObservation(env, FRAME_STACK)
     else:
-        env = gym.make(env_id)
+        env = gym.make(env_id, render_mode=render_mode)
     if not isinstance(env.action_space, gym.spaces.Discrete):
         env.close()
         raise EnvError(f"{env_id} has action space {env.action_space}; only discrete actions are supported")

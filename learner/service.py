@@ -22,7 +22,7 @@ from a3c.envs import describe_env
 from a3c.errors import UserFacingError
 from a3c.model import ModelSpec
 from a3c.wire import channel_options, message_limit
-from learner import checkpoint
+from a3c import checkpoints
 from a3c.metrics import new_registry, serve_metrics
 from learner.global_model import GlobalModel
 from learner.auth import TokenAuthInterceptor
@@ -94,6 +94,7 @@ class LearnerService:
         if not self.port:
             raise LearnerError(f"cannot listen on {config.listen} (address in use or not local)")
         self._last_checkpoint = time.monotonic()
+        self._best_saved: float | None = None
 
     # --- checkpoints -------------------------------------------------------------------------------
 
@@ -104,12 +105,12 @@ class LearnerService:
     def save_checkpoint(self) -> Path:
         with self.model.lock:
             state = self._checkpoint_state()
-        path = checkpoint.save(self.config.checkpoint_dir, state)
+        path = checkpoints.save(self.config.checkpoint_dir, state)
         self._last_checkpoint = time.monotonic()
         return path
 
     def _resume(self) -> Path | None:
-        found = checkpoint.load_newest(self.config.checkpoint_dir)
+        found = checkpoints.load_newest(self.config.checkpoint_dir)
         if found is None:
             return None
         state, path = found
@@ -118,6 +119,7 @@ class LearnerService:
                                f"use another --checkpoint-dir")
         self.model.load_state(state["global"])
         self.stats.load_state(state["stats"])
+        self._best_saved = self.stats.best_mean_return
         torch.set_rng_state(state["torch_rng"])
         return path
 
@@ -154,6 +156,13 @@ class LearnerService:
         if self.config.progress_file:
             with open(self.config.progress_file, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
+        best = record["best_mean_return"]
+        if best is not None and (self._best_saved is None or best > self._best_saved):
+            # The network as of the first report after the 100-episode mean reached a new high.
+            with self.model.lock:
+                state = self._checkpoint_state()
+            checkpoints.save(self.config.checkpoint_dir, state, name=checkpoints.BEST, previous=None)
+            self._best_saved = best
         return record
 
     def run(self, stop: threading.Event) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from a3c.config import LearnerConfig
-from learner import checkpoint
+from a3c import checkpoints
 from learner.service import LearnerService
 from tests.processes import ROOT, LocalRun, stop, wait_for
 
@@ -40,12 +40,12 @@ def test_a_killed_actor_does_not_stop_training(run):
 def test_a_killed_learner_is_restarted_and_resumes_where_its_checkpoint_was(run, tmp_path):
     run.start_learner()
     run.start_actor(), run.start_actor()
-    latest = tmp_path / "checkpoints" / checkpoint.LATEST
-    wait_for(lambda: latest.exists() and checkpoint.load(latest)["global"]["version"] >= 100, 90,
+    latest = tmp_path / "checkpoints" / checkpoints.LATEST
+    wait_for(lambda: latest.exists() and checkpoints.load(latest)["global"]["version"] >= 100, 90,
              "a checkpoint at version 100", run.processes)
     run.learner.send_signal(signal.SIGKILL)
     run.learner.wait()
-    saved = checkpoint.load(latest)
+    saved = checkpoints.load(latest)
 
     # What a restarted learner holds: exactly the checkpoint's model, optimizer, version and counters.
     config = LearnerConfig(env="CartPole-v1", listen="127.0.0.1:0", metrics_port=0,
@@ -81,16 +81,16 @@ def test_sigterm_makes_the_learner_write_a_final_checkpoint(run, tmp_path):
     stop(run.learner)
     assert run.learner.returncode == 0
     final = json.loads((tmp_path / "progress.jsonl").read_text().splitlines()[-1])
-    saved = checkpoint.load(tmp_path / "checkpoints" / checkpoint.LATEST)
+    saved = checkpoints.load(tmp_path / "checkpoints" / checkpoints.LATEST)
     # Nothing applied before the stop is missing from the checkpoint.
     assert saved["global"]["version"] == final["version"] == final["updates"] == saved["stats"]["updates"]
 
 
 KILLED_WRITER = """
 import sys, torch
-from learner import checkpoint
+from a3c import checkpoints
 for version in range(10**6):
-    checkpoint.save(sys.argv[1], {"version": version, "weights": torch.full((4_000_000,), float(version))})
+    checkpoints.save(sys.argv[1], {"version": version, "weights": torch.full((4_000_000,), float(version))})
     print(version, flush=True)
 """
 
@@ -104,18 +104,18 @@ def test_a_kill_during_a_checkpoint_write_leaves_a_loadable_checkpoint(tmp_path,
     time.sleep(delay)
     writer.send_signal(signal.SIGKILL)
     writer.wait()
-    state, _ = checkpoint.load_newest(tmp_path)
+    state, _ = checkpoints.load_newest(tmp_path)
     assert torch.equal(state["weights"], torch.full((4_000_000,), float(state["version"])))
-    checkpoint.save(tmp_path, {"version": -1})  # the next writer sweeps away what the killed one left
+    checkpoints.save(tmp_path, {"version": -1})  # the next writer sweeps away what the killed one left
     assert not list(tmp_path.glob(".*.tmp"))
 
 
 def test_a_torn_latest_checkpoint_falls_back_to_the_previous(tmp_path):
-    checkpoint.save(tmp_path, {"version": 1})
-    checkpoint.save(tmp_path, {"version": 2})
-    (tmp_path / checkpoint.LATEST).write_bytes(b"torn")
-    state, path = checkpoint.load_newest(tmp_path)
-    assert state == {"version": 1} and path.name == checkpoint.PREVIOUS
+    checkpoints.save(tmp_path, {"version": 1})
+    checkpoints.save(tmp_path, {"version": 2})
+    (tmp_path / checkpoints.LATEST).write_bytes(b"torn")
+    state, path = checkpoints.load_newest(tmp_path)
+    assert state == {"version": 1} and path.name == checkpoints.PREVIOUS
 
 
 def test_checkpoints_refuse_to_unpickle_code(tmp_path):
@@ -125,8 +125,8 @@ def test_checkpoints_refuse_to_unpickle_code(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    (tmp_path / checkpoint.LATEST).write_bytes(pickle.dumps({"version": Evil()}, protocol=2))
-    assert checkpoint.load_newest(tmp_path) is None
+    (tmp_path / checkpoints.LATEST).write_bytes(pickle.dumps({"version": Evil()}, protocol=2))
+    assert checkpoints.load_newest(tmp_path) is None
 
 
 def test_actors_started_before_the_learner_wait_for_it(run):

@@ -1,4 +1,7 @@
-"""Checkpoints: written atomically (write, fsync, rename; the previous one kept), loaded without unpickling code."""
+"""Checkpoint files: written atomically (write, fsync, rename; the previous one kept), read without unpickling code.
+
+The learner writes them; `a3c evaluate` and `a3c play` read the network back out of them.
+"""
 
 from __future__ import annotations
 
@@ -9,24 +12,26 @@ import torch
 
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
+BEST = "best.pt"
 
 
-def save(directory: str | Path, state: dict) -> Path:
+def save(directory: str | Path, state: dict, name: str = LATEST, previous: str | None = PREVIOUS) -> Path:
+    """Write `state` to directory/name atomically; the file it replaces becomes directory/previous."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    latest, previous = directory / LATEST, directory / PREVIOUS
-    tmp = directory / f".{LATEST}.{os.getpid()}.tmp"
-    for torn in directory.glob(f".{LATEST}.*.tmp"):  # left by a writer killed mid-write
+    target = directory / name
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    for torn in directory.glob(f".{name}.*.tmp"):  # left by a writer killed mid-write
         if torn != tmp:
             torn.unlink(missing_ok=True)
     with open(tmp, "wb") as handle:
         torch.save(state, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    if latest.exists():
-        os.replace(latest, previous)
-    os.replace(tmp, latest)
-    return latest
+    if previous and target.exists():
+        os.replace(target, directory / previous)
+    os.replace(tmp, target)
+    return target
 
 
 def load(path: str | Path) -> dict:

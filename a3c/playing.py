@@ -1,0 +1,122 @@
+"""Play a trained network: `a3c evaluate` (returns of greedy and sampled episodes) and `a3c play` (a GIF or a
+window). Everything here reads a learner checkpoint; nothing talks to a learner."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from a3c import checkpoints
+from a3c.envs import make_env, observation_array
+from a3c.errors import UserFacingError
+from a3c.model import ActorCritic, ModelSpec, build_model
+
+# An episode that never ends (a policy that never serves, say) is cut here: 27,000 agent steps are the
+# 108,000 frames ALE allows a game.
+MAX_STEPS = 27_000
+
+
+@dataclass
+class Policy:
+    env_id: str
+    model: ActorCritic
+    version: int
+
+
+def load_policy(path: str | Path) -> Policy:
+    """The network of a learner checkpoint (a file, or a checkpoint directory: its best, else latest, file)."""
+    torch.set_num_threads(1)  # batch-1 inference gains nothing from more, and it may share the machine
+    path = Path(path)
+    if path.is_dir():
+        path = next((path / n for n in (checkpoints.BEST, checkpoints.LATEST) if (path / n).exists()), path)
+    try:
+        state = checkpoints.load(path)
+        spec = ModelSpec(**{**state["model_spec"], "obs_shape": tuple(state["model_spec"]["obs_shape"])})
+        model = build_model(spec)
+        model.load_state_dict(state["global"]["model"])
+    except FileNotFoundError:
+        raise UserFacingError(f"{path}: no such checkpoint") from None
+    except pickle.UnpicklingError:
+        raise UserFacingError(f"{path} is not a usable a3c checkpoint: it does not load as tensors and plain "
+                              f"values") from None
+    except Exception as err:  # torn, or written by something else
+        first_line = (str(err).strip().splitlines() or [""])[0]
+        raise UserFacingError(f"{path} is not a usable a3c checkpoint ({type(err).__name__}: {first_line})") \
+            from None
+    model.eval()
+    return Policy(env_id=state["env"], model=model, version=int(state["global"]["version"]))
+
+
+def play_episode(policy: Policy, greedy: bool, seed: int, on_frame: Optional[Callable[[np.ndarray], None]] = None,
+                 render_mode: Optional[str] = None) -> float:
+    """One full episode; returns its unclipped return. `on_frame` gets each rendered RGB frame."""
+    env = make_env(policy.env_id, render_mode=render_mode)
+    generator = torch.Generator().manual_seed(seed)
+    try:
+        obs, _ = env.reset(seed=seed)
+        total = 0.0
+        for _ in range(MAX_STEPS):
+            with torch.no_grad():
+                logits, _ = policy.model(torch.from_numpy(observation_array(obs)).unsqueeze(0))
+            if greedy:
+                action = int(logits.argmax(-1))
+            else:
+                action = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            if on_frame is not None:
+                on_frame(env.render())
+            if terminated or truncated:
+                break
+        return total
+    finally:
+        env.close()
+
+
+def summarize(returns: list[float]) -> dict:
+    return {"episodes": len(returns), "mean": statistics.fmean(returns),
+            "std": statistics.pstdev(returns), "min": min(returns), "max": max(returns)}
+
+
+def evaluate(policy: Policy, episodes: int, seed: int = 0) -> dict:
+    """Greedy and sampled play, `episodes` each, with different seeds per episode."""
+    return {mode: summarize([play_episode(policy, mode == "greedy", seed + i) for i in range(episodes)])
+            for mode in ("greedy", "sampled")}
+
+
+def format_evaluation(policy: Policy, report: dict) -> str:
+    lines = [f"{policy.env_id}, network version {policy.version}"]
+    for mode, s in report.items():
+        lines.append(f"{mode:>8}: mean {s['mean']:+.2f}  std {s['std']:.2f}  min {s['min']:+.0f}  "
+                     f"max {s['max']:+.0f}  over {s['episodes']} episodes")
+    lines.append(json.dumps({"env": policy.env_id, "version": policy.version, **report}))
+    return "\n".join(lines)
+
+
+def record_gif(policy: Policy, path: str | Path, episodes: int, greedy: bool, seed: int = 0,
+               frame_every: int = 1) -> list[float]:
+    """Play and save the rendered frames as an animated GIF (every `frame_every`-th agent step)."""
+    from PIL import Image
+
+    frames: list[Image.Image] = []
+    count = 0
+
+    def keep(frame: np.ndarray) -> None:
+        nonlocal count
+        if count % frame_every == 0:
+            frames.append(Image.fromarray(frame))
+        count += 1
+
+    returns = [play_episode(policy, greedy, seed + i, on_frame=keep, render_mode="rgb_array")
+               for i in range(episodes)]
+    # One agent step is 4 emulator frames at 60 Hz: about 67 ms of game time.
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=67 * frame_every, loop=0,
+                   optimize=True)
+    return returns

@@ -1,0 +1,69 @@
+"""What a user does with a trained network: evaluate it, watch it, plot the run's curves, keep the best one."""
+
+import json
+
+from PIL import Image
+
+from a3c import checkpoints
+from tests.conftest import run_a3c
+
+
+def test_evaluate_prints_statistics_and_one_json_line(start_learner, tmp_path):
+    learner = start_learner()
+    path = learner.save_checkpoint()
+    result = run_a3c("evaluate", "--checkpoint", str(path), "--episodes", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("CartPole-v1, network version 0")
+    report = json.loads(lines[-1])
+    for mode in ("greedy", "sampled"):
+        assert report[mode]["episodes"] == 3
+        assert report[mode]["min"] <= report[mode]["mean"] <= report[mode]["max"]
+
+
+def test_play_records_a_gif_of_pong(start_learner, tmp_path):
+    learner = start_learner(env="PongNoFrameskip-v4")
+    learner.save_checkpoint()
+    gif = tmp_path / "pong.gif"
+    result = run_a3c("play", "--checkpoint", str(tmp_path / "checkpoints"), "--video", str(gif),
+                     "--frame-every", "8", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    with Image.open(gif) as image:
+        assert image.format == "GIF" and image.size == (160, 210) and image.n_frames > 50
+
+
+def test_a_bad_checkpoint_or_video_name_gives_one_line(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    result = run_a3c("evaluate", "--checkpoint", str(tmp_path / "junk.pt"), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("a3c: error: ")
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "junk.pt is not a usable a3c checkpoint: it does not load as tensors and plain values")
+    result = run_a3c("play", "--checkpoint", str(tmp_path / "junk.pt"), "--video", "out.mp4", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip() == "a3c: error: --video must name a .gif file, got 'out.mp4'"
+
+
+def test_plot_draws_every_run_in_one_figure(tmp_path):
+    for run, slope in (("seed0", 1.0), ("seed1", 2.0)):
+        (tmp_path / run).mkdir()
+        records = [{"seconds": 10.0 * i, "frames": 1000 * i, "mean_return": -21 + slope * i} for i in range(10)]
+        (tmp_path / run / "progress.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n{torn")
+    result = run_a3c("plot", str(tmp_path / "seed0"), str(tmp_path / "seed1"), "--output-dir", str(tmp_path / "out"),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("return_vs_frames.png", "return_vs_time.png"):
+        with Image.open(tmp_path / "out" / name) as image:
+            assert image.format == "PNG" and image.size[0] > 400
+
+
+def test_the_learner_keeps_its_best_network(learner):
+    best = checkpoints.BEST
+    for value in [1.0] * 100:
+        learner.stats.record_rollout("a", 1, 1, [value])
+    learner.report()
+    saved = checkpoints.load(f"{learner.config.checkpoint_dir}/{best}")
+    assert saved["stats"]["best_mean_return"] == 1.0
+    for value in [0.0] * 100:  # a worse window does not overwrite it
+        learner.stats.record_rollout("a", 1, 1, [value])
+    learner.report()
+    assert checkpoints.load(f"{learner.config.checkpoint_dir}/{best}")["stats"]["best_mean_return"] == 1.0

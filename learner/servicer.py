@@ -42,7 +42,6 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         self.stats = stats
         self.run_spec = run_spec
         self.metrics = metrics
-        self.rejected: dict[str, int] = {}
         self._last_seq: dict[str, int] = {}
         self.ready = threading.Event()  # set once resumed; cleared again when shutting down
         self.max_norm = run_spec.max_grad_norm * NORM_TOLERANCE
@@ -67,8 +66,6 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         try:
             return self._push(request)
         except PushRefused as refused:
-            with self.model.lock:
-                self.rejected[refused.reason] = self.rejected.get(refused.reason, 0) + 1
             self.metrics.rejected.labels(refused.reason).inc()
             log.debug("refused push from %s: %s", request.actor_id, refused)
             context.abort(refused.code, f"{refused.reason}: {refused}")

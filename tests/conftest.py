@@ -7,6 +7,7 @@ import pytest
 
 from a3c.config import LearnerConfig
 from a3c.wire import channel_options
+from learner.metrics import REJECT_REASONS
 from learner.service import LearnerService
 from proto import a3c_pb2_grpc as pb_grpc
 from tests.processes import ROOT
@@ -42,6 +43,13 @@ def stub(learner):
     with grpc.insecure_channel(f"127.0.0.1:{learner.port}",
                                options=channel_options(learner.run_spec.max_message_bytes)) as channel:
         yield pb_grpc.LearnerStub(channel)
+
+
+def rejections(learner: LearnerService) -> dict[str, float]:
+    """The learner's refused pushes by reason, as its metrics report them (only the non-zero ones)."""
+    counts = {reason: learner.registry.get_sample_value("a3c_learner_gradients_rejected_total",
+                                                        {"reason": reason}) for reason in REJECT_REASONS}
+    return {reason: count for reason, count in counts.items() if count}
 
 
 def run_a3c(*args: str, timeout: float = 120, env: dict | None = None, cwd=None):

@@ -16,6 +16,7 @@ from actor.gradients import compute_gradients
 from actor.rollout import VectorRollout
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
+from tests.conftest import rejections
 
 
 def test_actor_client_pull_push_pull(learner):
@@ -114,7 +115,7 @@ def test_malformed_push_is_refused_and_changes_nothing(learner, stub, case):
     assert learner.model.version == 0
     if reason is not None:
         assert reason in err.value.details()
-        assert learner.servicer.rejected == {reason: 1}
+        assert rejections(learner) == {reason: 1}
 
 
 def test_replayed_push_is_applied_once(learner, stub):
@@ -125,7 +126,7 @@ def test_replayed_push_is_applied_once(learner, stub):
         stub.PushGradients(request, timeout=10)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert (learner.model.version, learner.model.digest()) == (1, digest)
-    assert learner.servicer.rejected == {"duplicate": 1}
+    assert rejections(learner) == {"duplicate": 1}
 
 
 def test_too_stale_push_is_refused(start_learner):
@@ -141,7 +142,7 @@ def test_too_stale_push_is_refused(start_learner):
                                                        gradients=_gradients(learner)), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "stale" in err.value.details()
     assert (learner.model.version, learner.model.digest()) == (3, digest)
-    assert learner.servicer.rejected == {"stale": 1}
+    assert rejections(learner) == {"stale": 1}
 
 
 def test_gradient_from_the_wire_in_float16_is_accepted(learner, stub):

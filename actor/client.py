@@ -19,7 +19,6 @@ from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
-
 # The learner is away, starting, stopping or busy: worth trying again after a pause.
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 

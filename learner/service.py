@@ -16,16 +16,15 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from a3c import codec
+from a3c import checkpoints, codec
 from a3c.config import LearnerConfig
 from a3c.envs import describe_env
 from a3c.errors import UserFacingError
+from a3c.metrics import new_registry, serve_metrics
 from a3c.model import ModelSpec
 from a3c.wire import channel_options, message_limit
-from a3c import checkpoints
-from a3c.metrics import new_registry, serve_metrics
-from learner.global_model import GlobalModel
 from learner.auth import TokenAuthInterceptor
+from learner.global_model import GlobalModel
 from learner.metrics import LearnerMetrics, RpcMetricsInterceptor
 from learner.servicer import LearnerServicer
 from learner.stats import TrainingStats, format_progress

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from a3c.config import LearnerConfig
 from a3c import checkpoints
+from a3c.config import LearnerConfig
 from learner.service import LearnerService
 from tests.processes import ROOT, LocalRun, stop, wait_for
 

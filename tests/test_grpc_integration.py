@@ -7,12 +7,12 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from a3c import codec
+from a3c.metrics import new_registry
 from a3c.model import build_model, parameter_layout
 from a3c.wire import model_spec
-from a3c.metrics import new_registry
 from actor.client import LearnerClient, LearnerUnreachable
-from actor.metrics import ActorMetrics
 from actor.gradients import compute_gradients
+from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,14 @@ from typing import Callable
 from a3c.local import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def tool(name: str) -> str:
+    """A command-line tool the tests run for real: on PATH, or beside this Python (the venv's)."""
+    beside = Path(sys.executable).parent / name
+    path = shutil.which(name) or (str(beside) if beside.exists() else None)
+    assert path, f"{name} is missing: `make test` installs it"
+    return path
 
 
 def start_a3c(*args: str, log: Path, **kwargs) -> subprocess.Popen:

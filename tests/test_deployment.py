@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -26,19 +25,12 @@ import yaml
 
 from a3c.health import check_grpc, check_http
 from a3c.local import free_port
-from tests.processes import ROOT, metric, stop, wait_for
+from tests.processes import ROOT, metric, stop, tool, wait_for
 
 DOCKERFILES = sorted((ROOT / "deploy").rglob("Dockerfile*"))
 COMPOSE = ROOT / "docker-compose.yml"
 K8S_VERSION = "1.32.0"
 ACTOR_REPLICAS = 3
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name) or (str(Path(sys.executable).parent / name)
-                                  if (Path(sys.executable).parent / name).exists() else None)
-    assert path, f"{name} is missing: `make test` installs it"
-    return path
 
 
 def compose() -> dict:

@@ -3,7 +3,6 @@ expressions, and checked by promtool."""
 
 import json
 import re
-import shutil
 import subprocess
 import urllib.parse
 
@@ -11,17 +10,11 @@ import pytest
 import yaml
 
 from a3c.local import free_port, write_scrape_targets
-from tests.processes import ROOT, LocalRun, http_get, stop, wait_for
+from tests.processes import ROOT, LocalRun, http_get, stop, tool, wait_for
 
 DEPLOY = ROOT / "deploy"
 DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 PROMETHEUS_CONFIGS = sorted((DEPLOY / "prometheus").glob("*.yml"))
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    assert path, f"{name} is missing: `make test` installs Debian's prometheus package"
-    return path
 
 
 @pytest.fixture

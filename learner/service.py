@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -94,6 +95,7 @@ class LearnerService:
             raise LearnerError(f"cannot listen on {config.listen} (address in use or not local)")
         self._last_checkpoint = time.monotonic()
         self._best_saved: float | None = None
+        self.metrics_server = None
 
     # --- checkpoints -------------------------------------------------------------------------------
 
@@ -101,10 +103,13 @@ class LearnerService:
         return {"format": CHECKPOINT_FORMAT, "env": self.config.env, "model_spec": asdict(self.model_spec),
                 "global": self.model.state(), "stats": self.stats.state(), "torch_rng": torch.get_rng_state()}
 
-    def save_checkpoint(self) -> Path:
+    def _snapshot(self) -> dict:
+        """A copy of the whole state at one version: pushes go on changing the live tensors meanwhile."""
         with self.model.lock:
-            state = self._checkpoint_state()
-        path = checkpoints.save(self.config.checkpoint_dir, state)
+            return copy.deepcopy(self._checkpoint_state())
+
+    def save_checkpoint(self) -> Path:
+        path = checkpoints.save(self.config.checkpoint_dir, self._snapshot())
         self._last_checkpoint = time.monotonic()
         return path
 
@@ -149,18 +154,18 @@ class LearnerService:
 
     def report(self) -> dict:
         with self.model.lock:
-            version = self.model.version
-        record = self.stats.snapshot(version)
+            record = self.stats.snapshot(self.model.version)
         log.info(format_progress(record))
         if self.config.progress_file:
-            with open(self.config.progress_file, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            try:
+                with open(self.config.progress_file, "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+            except OSError as err:  # training goes on; the log line above still has the record
+                log.error("cannot append to %s: %s", self.config.progress_file, err.strerror)
         best = record["best_mean_return"]
         if best is not None and (self._best_saved is None or best > self._best_saved):
             # The network as of the first report after the 100-episode mean reached a new high.
-            with self.model.lock:
-                state = self._checkpoint_state()
-            checkpoints.save(self.config.checkpoint_dir, state, name=checkpoints.BEST, previous=None)
+            checkpoints.save(self.config.checkpoint_dir, self._snapshot(), name=checkpoints.BEST, previous=None)
             self._best_saved = best
         return record
 
@@ -174,12 +179,15 @@ class LearnerService:
 
     def shutdown(self) -> None:
         """Stop taking pushes, let calls in flight finish, write the final record and checkpoint."""
-        self.servicer.ready.clear()
+        with self.model.lock:  # after this, no push can apply: the final checkpoint holds every update
+            self.servicer.ready.clear()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace=2.0).wait()
-        self.report()
-        path = self.save_checkpoint()
-        self.metrics_server.shutdown()
+        try:
+            self.report()
+        finally:  # whatever happens to the last report, the final checkpoint is written
+            path = self.save_checkpoint()
+            self.metrics_server.shutdown()
         log.info("stopped at version %d; checkpoint %s", self.model.version, path)
 
 
@@ -192,7 +200,8 @@ def main(config: LearnerConfig) -> int:
         service.start()
     except BaseException:
         service.server.stop(grace=None)
-        service.metrics_server.shutdown()
+        if service.metrics_server is not None:
+            service.metrics_server.shutdown()
         raise
     try:
         service.run(stop)

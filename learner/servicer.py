@@ -64,18 +64,24 @@ class LearnerServicer(pb_grpc.LearnerServicer):
     def PushGradients(self, request: pb.PushGradientsRequest,
                       context: grpc.ServicerContext) -> pb.PushGradientsResponse:
         try:
-            return self._push(request)
+            return self._push(request, context)
         except PushRefused as refused:
             self.metrics.rejected.labels(refused.reason).inc()
             log.debug("refused push from %s: %s", request.actor_id, refused)
             context.abort(refused.code, f"{refused.reason}: {refused}")
 
-    def _push(self, request: pb.PushGradientsRequest) -> pb.PushGradientsResponse:
+    def _push(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> pb.PushGradientsResponse:
         if not self.ready.is_set():
             raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", "the learner is starting or stopping")
         gradients, gradient_norm = self._check_gradients(request)
         self.stats.heard_from(request.actor_id)
         with self.model.lock:
+            # Checked again under the lock: shutdown clears `ready` under it before the final checkpoint, and
+            # a caller whose deadline passed while waiting has dropped its rollout, so nothing may count it.
+            if not self.ready.is_set():
+                raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", "the learner is stopping")
+            if not context.is_active():
+                raise PushRefused(grpc.StatusCode.CANCELLED, "cancelled", "the caller gave up waiting")
             version = self.model.version
             if request.seq <= self._last_seq.get(request.actor_id, 0):
                 raise PushRefused(grpc.StatusCode.ALREADY_EXISTS, "duplicate",
@@ -96,10 +102,11 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             with self.metrics.apply_seconds.time():
                 new_version = self.model.apply(gradients)
             self.metrics.param_version.set(new_version)
+            # Inside the lock, so no checkpoint or progress record sees the version without its update.
+            loss = request.loss
+            self.stats.record_update(loss.policy_loss, loss.value_loss, loss.entropy, loss.grad_norm)
             params = self.model.params_message() if request.want_params else None
         self.metrics.gradient_norm.observe(gradient_norm)
-        loss = request.loss
-        self.stats.record_update(loss.policy_loss, loss.value_loss, loss.entropy, loss.grad_norm)
         return pb.PushGradientsResponse(version=new_version, params=params)
 
     def _check_gradients(self, request: pb.PushGradientsRequest) -> tuple[list[torch.Tensor], float]:

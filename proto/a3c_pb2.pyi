@@ -133,13 +133,9 @@ class PushGradientsRequest(_message.Message):
     def __init__(self, actor_id: _Optional[str] = ..., seq: _Optional[int] = ..., base_version: _Optional[int] = ..., gradients: _Optional[_Iterable[_Union[Tensor, _Mapping]]] = ..., env_frames: _Optional[int] = ..., agent_steps: _Optional[int] = ..., episode_returns: _Optional[_Iterable[float]] = ..., loss: _Optional[_Union[LossStats, _Mapping]] = ..., want_params: _Optional[bool] = ...) -> None: ...
 
 class PushGradientsResponse(_message.Message):
-    __slots__ = ("accepted", "reason", "version", "params")
-    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
-    REASON_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("version", "params")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
-    accepted: bool
-    reason: str
     version: int
     params: Params
-    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., version: _Optional[int] = ..., params: _Optional[_Union[Params, _Mapping]] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Params, _Mapping]] = ...) -> None: ...

@@ -90,6 +90,14 @@ def test_unreachable_learner_gives_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_metrics_port_in_use_gives_one_line(learner, tmp_path):
+    result = run_a3c("learner", "--env", "CartPole-v1", "--listen", "127.0.0.1:0", "--metrics-port",
+                     str(learner.metrics_port), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"a3c: error: cannot serve metrics on 0.0.0.0:{learner.metrics_port}")
+
+
 def test_port_in_use_gives_one_line(learner, tmp_path):
     result = run_a3c("learner", "--env", "CartPole-v1", "--listen", f"127.0.0.1:{learner.port}", cwd=tmp_path)
     assert result.returncode == 1

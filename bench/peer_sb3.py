@@ -26,9 +26,11 @@ def main() -> None:
     from stable_baselines3.common.env_util import make_atari_env, make_vec_env
     from stable_baselines3.common.vec_env import VecFrameStack
 
+    from a3c.envs import is_atari
+
     gym.register_envs(ale_py)
     torch.set_num_threads(2)  # SB3 runs one process; let it use the machine's cores for its network
-    atari = "NoFrameskip" in args.env or args.env.startswith("ALE/")
+    atari = is_atari(args.env)
     if atari:
         env = VecFrameStack(make_atari_env(args.env, n_envs=args.n_envs, seed=0), n_stack=4)
         policy = "CnnPolicy"

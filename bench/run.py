@@ -27,6 +27,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from a3c.config import ActorConfig, HyperParams
+from a3c.envs import describe_env
 from a3c.local import free_port, last_record
 from bench.capacity import start_pushers
 from bench.ceiling import measure_ceiling
@@ -108,12 +109,13 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
              / (b["time"] - a["time"]) for a, b in zip(marks, marks[1:])]
     first, last = marks[0], marks[-1]
     wall = last["time"] - first["time"]
+    frames_per_step = describe_env(env_id).frames_per_step
     rpc_share, bytes_per_step, latency = [], [], {}
     for before, after in zip(first["actors"], last["actors"]):
         rpc = total(after, "a3c_actor_rpc_seconds_sum") - total(before, "a3c_actor_rpc_seconds_sum")
         rpc_share.append(rpc / wall)
         steps = (total(after, "a3c_actor_env_frames_total") - total(before, "a3c_actor_env_frames_total"))
-        steps /= 4 if "NoFrameskip" in env_id or env_id.startswith("ALE/") else 1
+        steps /= frames_per_step
         moved = sum(total(after, n) - total(before, n)
                     for n in ("a3c_actor_sent_bytes_total", "a3c_actor_received_bytes_total"))
         bytes_per_step.append(moved / max(steps, 1))
@@ -161,7 +163,7 @@ def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, 
     finally:
         learner.terminate()
         learner.wait(timeout=60)
-    frames_per_update = defaults.t_max * ActorConfig().num_envs * (4 if "NoFrameskip" in env_id else 1)
+    frames_per_update = defaults.t_max * ActorConfig().num_envs * describe_env(env_id).frames_per_step
     updates = statistics.median(rates)
     return {"pushers": processes * threads, "updates_per_second": updates, "window_rates": rates,
             "frames_per_update": frames_per_update, "frames_per_second_equivalent": updates * frames_per_update,

@@ -9,15 +9,12 @@ import time
 
 import pytest
 
+from a3c.curves import read_progress
 from tests.conftest import ROOT, run_a3c
 
 
 def summary(result):
     return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def progress(run_dir):
-    return [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
@@ -51,7 +48,7 @@ def test_pong_smoke_two_actors(tmp_path):
                      "--run-dir", str(run_dir), "--log-interval", "2", timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     final = summary(result)
-    records = progress(run_dir)
+    records = read_progress(run_dir)
     versions = [r["version"] for r in records]
     assert versions == sorted(versions) and versions[-1] > 20
     trained = [r for r in records if r["policy_loss"] is not None]
@@ -72,7 +69,7 @@ def test_ctrl_c_stops_every_process_and_still_reports(tmp_path):
                             start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (
-            (run_dir / "progress.jsonl").exists() and progress(run_dir)[-1]["updates"] > 0):
+            (run_dir / "progress.jsonl").exists() and read_progress(run_dir)[-1]["updates"] > 0):
         time.sleep(0.2)
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 3  # one learner, two actors

@@ -67,7 +67,8 @@ class HyperParams:
     value_coef: float = option(0.5, "weight of the value loss")
     max_grad_norm: float = option(0.5, "actors clip each gradient to this L2 norm before pushing it")
     max_staleness: int = option(64, "refuse gradients computed on parameters more than this many versions old")
-    wire_dtype: str = option("float32", "dtype of parameters and gradients on the wire", choices=WIRE_DTYPES)
+    wire_dtype: str = option("float16", "dtype of parameters and gradients on the wire (the learner keeps float32)",
+                             choices=WIRE_DTYPES)
     seed: int = option(0, "random seed (network initialisation on the learner, environments on actors)")
 
     def __post_init__(self) -> None:

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import signal
 import statistics
 import subprocess
@@ -78,11 +79,12 @@ def total(scraped: dict, name: str, **labels: str) -> float:
                if n == name and all(dict(ls).get(k) == val for k, val in labels.items()))
 
 
-def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: int, workdir: Path) -> dict:
-    """`a3c train` with its defaults: frames/s of `windows` windows after `warmup` seconds of training."""
+def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: int, workdir: Path,
+               train_args: list[str] = ()) -> dict:
+    """`a3c train` (defaults plus `train_args`): frames/s of `windows` windows after `warmup` seconds of training."""
     run_dir = workdir / f"e2e-{actors}"
     proc = subprocess.Popen([sys.executable, "-m", "a3c", "train", "--env", env_id, "--actors", str(actors),
-                             "--run-dir", str(run_dir), "--log-interval", "1"],
+                             "--run-dir", str(run_dir), "--log-interval", "1", *train_args],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     progress = run_dir / "progress.jsonl"
     while (record := last_record(progress)) is None or record["frames"] == 0:
@@ -130,12 +132,13 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
             "peak_rss_mb": {k: v / 2**20 for k, v in peaks.items()}}
 
 
-def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, workdir: Path) -> dict:
+def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, workdir: Path,
+                     learner_args: list[str] = ()) -> dict:
     port, metrics_port = free_port(), free_port()
     defaults = HyperParams()
     learner = subprocess.Popen([sys.executable, "-m", "a3c", "learner", "--env", env_id, "--listen",
                                 f"127.0.0.1:{port}", "--metrics-port", str(metrics_port), "--checkpoint-dir",
-                                str(workdir / "capacity"), "--max-staleness", "100000000", "--log-interval", "60"],
+                                str(workdir / "capacity"), "--max-staleness", "100000000", "--log-interval", "60", *learner_args],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -150,13 +153,15 @@ def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, 
         pushers = start_pushers(f"127.0.0.1:{port}", env_id, processes, threads, seconds + 8,
                                 defaults.max_grad_norm, defaults.wire_dtype)
         time.sleep(6)  # pushers importing torch and connecting
-        rates, rss = [], 0.0
+        rates, cpu_per_update, rss = [], [], 0.0
         for _ in range(3):
             before, start = scrape(metrics_port), time.monotonic()
             time.sleep(seconds / 3)
             after = scrape(metrics_port)
-            rates.append((total(after, "a3c_learner_updates_total") - total(before, "a3c_learner_updates_total"))
-                         / (time.monotonic() - start))
+            updates = total(after, "a3c_learner_updates_total") - total(before, "a3c_learner_updates_total")
+            rates.append(updates / (time.monotonic() - start))
+            cpu = total(after, "process_cpu_seconds_total") - total(before, "process_cpu_seconds_total")
+            cpu_per_update.append(1000 * cpu / max(updates, 1))
             rss = max(rss, total(after, "process_resident_memory_bytes"))
         for pusher in pushers:
             pusher.join(timeout=60)
@@ -167,6 +172,7 @@ def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, 
     updates = statistics.median(rates)
     return {"pushers": processes * threads, "updates_per_second": updates, "window_rates": rates,
             "frames_per_update": frames_per_update, "frames_per_second_equivalent": updates * frames_per_update,
+            "learner_cpu_ms_per_update": statistics.median(cpu_per_update),
             "learner_peak_rss_mb": rss / 2**20}
 
 
@@ -214,13 +220,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=10.0, help="seconds per measured window (3 per run)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: short windows, one actor count")
     parser.add_argument("--output", default="bench/results.json")
+    parser.add_argument("--train-args", default="", help="extra `a3c train` flags for the end-to-end runs, to "
+                        "measure a lever against the defaults (the README table uses none)")
+    parser.add_argument("--only", choices=("e2e", "capacity"), help="run one part alone and print its JSON "
+                        "(to compare levers); writes no report")
+    parser.add_argument("--learner-args", default="", help="extra `a3c learner` flags for the capacity run")
     args = parser.parse_args(argv)
     quick = args.quick
     counts = [1] if quick else [int(n) for n in args.actors.split(",")]
     window, warmup = (2.0, 3.0) if quick else (args.window, 15.0)
 
-    report = {"date": time.strftime("%Y-%m-%d"), "env": args.env, "machine": machine()}
+    report = {"date": time.strftime("%Y-%m-%d"), "env": args.env, "machine": machine(), "train_args": args.train_args}
     print(f"machine: {report['machine']}", file=sys.stderr)
+    if args.only:
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.only == "capacity":
+                print(json.dumps(learner_capacity(args.env, 15.0, 2, 4, Path(tmp), shlex.split(args.learner_args))))
+            for count in counts if args.only == "e2e" else []:
+                print(json.dumps(end_to_end(args.env, count, window, warmup, 3, Path(tmp),
+                                            shlex.split(args.train_args))))
+        return 0
     rates = measure_ceiling(args.env, ActorConfig().num_envs, HyperParams().t_max,
                             seconds=1.0 if quick else 8.0, repeats=3)
     per_core = statistics.median(rates)
@@ -229,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report["end_to_end"] = []
         for count in counts:
-            run = end_to_end(args.env, count, window, warmup, windows=3, workdir=Path(tmp))
+            run = end_to_end(args.env, count, window, warmup, 3, Path(tmp), shlex.split(args.train_args))
             report["end_to_end"].append(run)
             print(f"end to end, {count} actors: {run['frames_per_second']:,.0f} frames/s", file=sys.stderr)
         report["peer"] = peer(args.env, 4.0 if quick else 40.0)

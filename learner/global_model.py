@@ -13,6 +13,9 @@ from a3c.model import ModelSpec, build_model, parameter_layout
 from proto import a3c_pb2 as pb
 
 
+_TENSORS_FIELD = pb.Params.DESCRIPTOR.fields_by_name["tensors"].number
+
+
 def make_optimizer(name: str, params, lr: float, rmsprop_alpha: float, eps: float) -> torch.optim.Optimizer:
     if name == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, alpha=rmsprop_alpha, eps=eps)
@@ -36,7 +39,7 @@ class GlobalModel:
         self.wire_dtype = wire_dtype
         self.version = 0
         self.lock = threading.Lock()
-        self._encoded: tuple[int, list[pb.Tensor]] | None = None
+        self._encoded: tuple[int, list[bytes]] | None = None
 
     def apply(self, gradients: Sequence[torch.Tensor]) -> int:
         """One optimizer step with the given gradients (in layout order). Call with `lock` held."""
@@ -48,11 +51,13 @@ class GlobalModel:
         self.version += 1
         return self.version
 
-    def params_message(self) -> pb.Params:
-        """The current parameters on the wire, encoded at most once per version. Call with `lock` held."""
+    def params_pieces(self) -> list[bytes]:
+        """The current parameters as a serialized `Params` message, in pieces to join; encoded at most once per
+        version. Call with `lock` held."""
         if self._encoded is None or self._encoded[0] != self.version:
-            self._encoded = (self.version, codec.encode_all(self.model.named_parameters(), self.wire_dtype))
-        return pb.Params(version=self.version, tensors=self._encoded[1])
+            tensors = codec.encode_field(_TENSORS_FIELD, self.model.named_parameters(), self.wire_dtype)
+            self._encoded = (self.version, [pb.Params(version=self.version).SerializeToString(), *tensors])
+        return self._encoded[1]
 
     def state(self) -> dict:
         """Model, optimizer and version as plain tensors and numbers (for checkpoints)."""

@@ -27,13 +27,11 @@ from a3c.wire import channel_options, message_limit
 from learner.auth import TokenAuthInterceptor
 from learner.global_model import GlobalModel
 from learner.metrics import LearnerMetrics, RpcMetricsInterceptor
-from learner.servicer import LearnerServicer
+from learner.servicer import SERVICE_NAME, LearnerServicer, add_to_server
 from learner.stats import TrainingStats, format_progress
 from proto import a3c_pb2 as pb
-from proto import a3c_pb2_grpc as pb_grpc
 
 log = logging.getLogger("learner")
-SERVICE_NAME = "a3c.v1.Learner"
 CHECKPOINT_FORMAT = 1
 
 
@@ -80,7 +78,7 @@ class LearnerService:
                                   # Without so_reuseport 0, a second learner on a taken port would share it.
                                   options=channel_options(self.run_spec.max_message_bytes)
                                   + [("grpc.so_reuseport", 0)])
-        pb_grpc.add_LearnerServicer_to_server(self.servicer, self.server)
+        add_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         try:
             if config.tls_cert:

@@ -26,6 +26,8 @@ from proto import a3c_pb2_grpc as pb_grpc
 log = logging.getLogger("learner")
 # Actors clip to max_grad_norm; this much above it allows for 16-bit rounding on the wire, nothing more.
 NORM_TOLERANCE = 1.01
+_PARAMS_FIELD = pb.PushGradientsResponse.DESCRIPTOR.fields_by_name["params"].number
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Learner"].full_name
 
 
 class PushRefused(Exception):
@@ -54,15 +56,15 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         self._require_ready(context)
         return self.run_spec
 
-    def GetParams(self, request: pb.GetParamsRequest, context: grpc.ServicerContext) -> pb.Params:
+    def GetParams(self, request: pb.GetParamsRequest, context: grpc.ServicerContext) -> pb.Params | bytes:
         self._require_ready(context)
         with self.model.lock:
             if request.have_version == self.model.version:
                 return pb.Params(version=self.model.version)
-            return self.model.params_message()
+            pieces = self.model.params_pieces()
+        return b"".join(pieces)
 
-    def PushGradients(self, request: pb.PushGradientsRequest,
-                      context: grpc.ServicerContext) -> pb.PushGradientsResponse:
+    def PushGradients(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
         try:
             return self._push(request, context)
         except PushRefused as refused:
@@ -70,7 +72,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             log.debug("refused push from %s: %s", request.actor_id, refused)
             context.abort(refused.code, f"{refused.reason}: {refused}")
 
-    def _push(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> pb.PushGradientsResponse:
+    def _push(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
         if not self.ready.is_set():
             raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", "the learner is starting or stopping")
         gradients, gradient_norm = self._check_gradients(request)
@@ -105,9 +107,10 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             # Inside the lock, so no checkpoint or progress record sees the version without its update.
             loss = request.loss
             self.stats.record_update(loss.policy_loss, loss.value_loss, loss.entropy, loss.grad_norm)
-            params = self.model.params_message() if request.want_params else None
+            params = self.model.params_pieces() if request.want_params else None
         self.metrics.gradient_norm.observe(gradient_norm)
-        return pb.PushGradientsResponse(version=new_version, params=params)
+        head = pb.PushGradientsResponse(version=new_version).SerializeToString()
+        return head if params is None else b"".join([head, *codec.embed(_PARAMS_FIELD, params)])
 
     def _check_gradients(self, request: pb.PushGradientsRequest) -> tuple[list[torch.Tensor], float]:
         """The decoded gradients and their global L2 norm, or PushRefused saying what is wrong."""
@@ -121,15 +124,31 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             gradients = codec.decode_all(request.gradients, self.model.layout)
         except codec.CodecError as err:
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, err.reason, str(err)) from None
-        squares = 0.0
-        for (name, _), grad in zip(self.model.layout, gradients):
-            # In float64 the norm of finite float32 values cannot overflow: a non-finite norm means NaN or Inf.
-            norm = torch.linalg.vector_norm(grad, dtype=torch.float64).item()
-            if not math.isfinite(norm):
-                raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite", f"{name}: gradient has NaN or Inf")
-            squares += norm * norm
+        norms = torch._foreach_norm(gradients) if gradients else []
+        squares = sum(n.item() ** 2 for n in norms)
+        if not math.isfinite(squares):  # NaN or Inf in some gradient, or a float32 overflow of a huge one
+            for (name, _), grad in zip(self.model.layout, gradients):
+                if not torch.isfinite(grad).all():
+                    raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite",
+                                      f"{name}: gradient has NaN or Inf")
         total = math.sqrt(squares)
         if total > self.max_norm:
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "huge_norm",
                               f"gradient norm {total:.4g} exceeds the clip norm {self.run_spec.max_grad_norm:g}")
         return gradients, total
+
+
+def _serialize(response: object) -> bytes:
+    # Replies that carry parameters are assembled as bytes already (codec.encode_field); the rest are messages.
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def add_to_server(servicer: LearnerServicer, server: grpc.Server) -> None:
+    """Like the generated add_LearnerServicer_to_server, but replies may be pre-serialized bytes."""
+    requests = {"GetRunSpec": pb.GetRunSpecRequest, "GetParams": pb.GetParamsRequest,
+                "PushGradients": pb.PushGradientsRequest}
+    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), response_serializer=_serialize,
+                                                          request_deserializer=request.FromString)
+                for name, request in requests.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)

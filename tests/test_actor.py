@@ -6,6 +6,7 @@ import time
 import numpy as np
 import torch
 
+from a3c import codec
 from a3c.config import ActorConfig
 from a3c.model import ModelSpec, build_model
 from actor.gradients import rollout_returns
@@ -28,10 +29,11 @@ def test_actor_pushes_and_follows_the_learner(learner):
     assert learner.model.version >= 20
     assert actor.metrics.pushes_accepted == learner.stats.updates == learner.model.version
     assert actor.metrics.frames_counted == learner.stats.env_frames
-    # The actor's network equals the version it last received.
+    # The actor's network equals the version it last received, as rounded to the wire dtype.
     assert actor.version == learner.model.version
+    wire = codec.TORCH_DTYPES[actor.spec.wire_dtype]
     for mine, theirs in zip(actor.model.parameters(), learner.model.params):
-        assert torch.equal(mine, theirs.detach())
+        assert torch.equal(mine, theirs.detach().to(wire).float())
 
 
 def constant_value_model(value: float):

@@ -103,3 +103,34 @@ def test_decode_all_refuses_mismatches(messages, reason):
     with pytest.raises(codec.CodecError) as err:
         codec.decode_all(messages(), LAYOUT)
     assert err.value.reason == reason
+
+
+@pytest.mark.parametrize("dtype", [None, torch.float16])
+def test_encode_field_parses_as_the_message_protobuf_would_build(dtype):
+    named = [("a", torch.randn(3, 4)), ("b", torch.empty(0)), ("c", torch.randn(300, 200).t())]  # 240 KB
+    head = pb.PushGradientsRequest(actor_id="x", seq=7, base_version=3, episode_returns=[1.0], want_params=True)
+    field = pb.PushGradientsRequest.DESCRIPTOR.fields_by_name["gradients"].number
+    wire = b"".join([head.SerializeToString(), *codec.encode_field(field, named, dtype)])
+    expected = pb.PushGradientsRequest()
+    expected.CopyFrom(head)
+    expected.gradients.extend(codec.encode_all(named, dtype))
+    assert pb.PushGradientsRequest.FromString(wire) == expected
+    assert len(wire) == expected.ByteSize()
+
+
+def test_embed_nests_pieces_as_a_sub_message():
+    params = [pb.Params(version=5).SerializeToString(),
+              *codec.encode_field(pb.Params.DESCRIPTOR.fields_by_name["tensors"].number, [("w", torch.ones(2))])]
+    field = pb.PushGradientsResponse.DESCRIPTOR.fields_by_name["params"].number
+    reply = pb.PushGradientsResponse.FromString(b"".join([pb.PushGradientsResponse(version=5).SerializeToString(),
+                                                          *codec.embed(field, params)]))
+    assert reply.version == 5 and reply.params.version == 5
+    assert torch.equal(codec.decode(reply.params.tensors[0]), torch.ones(2))
+
+
+def test_decode_converts_into_fresh_memory():
+    message = codec.encode("w", torch.tensor([1.0, -0.5]), torch.float16)
+    decoded = codec.decode(message, torch.float32)
+    assert decoded.dtype == torch.float32
+    decoded += 1
+    assert torch.equal(codec.decode(message, torch.float32), torch.tensor([1.0, -0.5]))

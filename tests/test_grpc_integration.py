@@ -45,8 +45,9 @@ def test_actor_client_pull_push_pull(learner):
 
     second = client.get_params(0)
     assert second.version == 1
+    assert second.tensors[0].dtype == spec.wire_dtype
     for message, p in zip(second.tensors, learner.model.params):
-        assert torch.equal(codec.decode(message), p.detach())
+        assert torch.equal(codec.decode(message), p.detach().to(codec.TORCH_DTYPES[spec.wire_dtype]))
     assert not torch.equal(codec.decode(second.tensors[0]), codec.decode(first.tensors[0]))
     assert (learner.stats.env_frames, learner.stats.episodes, learner.stats.updates) == (3 * spec.t_max, 1, 1)
     client.close()

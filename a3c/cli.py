@@ -50,7 +50,7 @@ def _run_health(args: argparse.Namespace) -> int:
 def _run_evaluate(args: argparse.Namespace) -> int:
     from a3c import playing
 
-    policy = playing.load_policy(args.checkpoint)
+    policy = playing.load_policy(args.checkpoint or playing.SHIPPED)
     print(playing.format_evaluation(policy, playing.evaluate(policy, args.episodes, args.seed)), flush=True)
     return 0
 
@@ -58,17 +58,24 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _run_play(args: argparse.Namespace) -> int:
     from a3c import playing
 
-    if args.video and not args.video.lower().endswith(".gif"):
-        raise config.ConfigError(f"--video must name a .gif file, got {args.video!r}")
-    policy = playing.load_policy(args.checkpoint)
+    if args.video and not args.video.lower().endswith(playing.VIDEO_SUFFIXES):
+        raise config.ConfigError(f"--video must name a .gif or .mp4 file, got {args.video!r}")
+    policy = playing.load_policy(args.checkpoint or playing.SHIPPED)
     if args.video:
-        returns = playing.record_gif(policy, args.video, args.episodes, greedy=not args.sample, seed=args.seed,
-                                     frame_every=args.frame_every)
+        returns = playing.record_video(policy, args.video, args.episodes, greedy=not args.sample, seed=args.seed,
+                                       frame_every=args.frame_every)
         print(f"wrote {args.video}: {len(returns)} episode(s), returns {returns}")
     else:
         for i in range(args.episodes):
             ret = playing.play_episode(policy, not args.sample, args.seed + i, render_mode=args.render)
             print(f"episode {i + 1}: return {ret:+.0f}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from a3c import playing
+
+    print(f"wrote {playing.export_policy(args.checkpoint, args.output, args.note)}")
     return 0
 
 
@@ -107,19 +114,24 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_arguments(train, config.ActorConfig, exclude=LOCAL_ONLY_ACTOR)
     evaluate = command("evaluate", _run_evaluate, "play greedy and sampled episodes with a checkpoint; print "
                        "mean, std, min and max return and one JSON line")
-    evaluate.add_argument("--checkpoint", required=True, help="a checkpoint file, or a checkpoint directory "
-                          "(its best.pt, else latest.pt)")
+    evaluate.add_argument("--checkpoint", help="a checkpoint file, or a checkpoint directory (its best.pt, else "
+                          "latest.pt); default: the Pong model that ships with a3c")
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes per mode")
     evaluate.add_argument("--seed", type=int, default=0)
 
-    play = command("play", _run_play, "watch a checkpoint play: record a GIF or open a window")
-    play.add_argument("--checkpoint", required=True, help="a checkpoint file or directory")
-    play.add_argument("--video", help="write the episodes to this animated .gif")
+    play = command("play", _run_play, "watch a checkpoint play: record a GIF or MP4, or open a window")
+    play.add_argument("--checkpoint", help="a checkpoint file or directory; default: the shipped Pong model")
+    play.add_argument("--video", help="write the episodes to this .gif or .mp4 file")
     play.add_argument("--render", choices=["human"], help="open a window (where a display exists)")
     play.add_argument("--episodes", type=int, default=1)
     play.add_argument("--sample", action="store_true", help="sample actions instead of taking the greedy one")
-    play.add_argument("--frame-every", type=int, default=2, help="keep every Nth agent step in the GIF")
+    play.add_argument("--frame-every", type=int, default=2, help="keep every Nth agent step in the video")
     play.add_argument("--seed", type=int, default=0)
+
+    export = command("export", _run_export, "save a checkpoint's network alone (float16, a few MB) to share or ship")
+    export.add_argument("--checkpoint", required=True, help="a checkpoint file or directory (best.pt, else latest.pt)")
+    export.add_argument("--output", required=True, help="the file to write")
+    export.add_argument("--note", default="", help="how it was trained, kept in the file")
 
     plot = command("plot", _run_plot, "learning curves of one or more runs: mean return against frames and time")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (with progress.jsonl)")

@@ -19,6 +19,7 @@ from a3c.errors import UserFacingError
 ENV_PREFIX = "A3C_"
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
+ENV_BACKENDS = ("auto", "ale-vector", "gymnasium")
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -121,6 +122,9 @@ class ActorConfig:
 
     learner: str = option("localhost:50051", "HOST:PORT of the learner")
     num_envs: int = option(16, "environments stepped together in this process (batched inference)")
+    env_backend: str = option("auto", "how the environments are stepped: ale-vector (ale-py's C++ vector env, "
+                              "ALE games only), gymnasium (Python wrappers), or auto (ale-vector where it can)",
+                              choices=ENV_BACKENDS)
     seed: int = option(0, "random seed for this actor's environments and action sampling")
     actor_id: str = option("", "name reported to the learner (default: host name and process id)")
     connect_timeout: float = option(60.0, "seconds to keep trying to reach the learner before giving up")

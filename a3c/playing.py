@@ -18,6 +18,10 @@ from a3c.envs import make_env, observation_array
 from a3c.errors import UserFacingError
 from a3c.model import ActorCritic, ModelSpec, build_model
 
+# The Pong network that ships with the package (`a3c export` made it; the README says how it was trained).
+SHIPPED = Path(__file__).resolve().parent / "pretrained" / "pong.pt"
+VIDEO_SUFFIXES = (".gif", ".mp4")
+
 # An episode that never ends (a policy that never serves, say) is cut here: 27,000 agent steps are the
 # 108,000 frames ALE allows a game.
 MAX_STEPS = 27_000
@@ -30,26 +34,37 @@ class Policy:
     version: int
 
 
-def load_policy(path: str | Path) -> Policy:
-    """The network of a learner checkpoint (a file, or a checkpoint directory: its best, else latest, file)."""
-    torch.set_num_threads(1)  # batch-1 inference gains nothing from more, and it may share the machine
+def _read(path: str | Path) -> tuple[dict, Path]:
+    """A checkpoint's contents (a file, or a checkpoint directory: its best, else latest, file)."""
     path = Path(path)
     if path.is_dir():
         path = next((path / n for n in (checkpoints.BEST, checkpoints.LATEST) if (path / n).exists()), path)
     try:
-        state = checkpoints.load(path)
-        spec = ModelSpec(**{**state["model_spec"], "obs_shape": tuple(state["model_spec"]["obs_shape"])})
-        model = build_model(spec)
-        model.load_state_dict(state["global"]["model"])
-    except FileNotFoundError:
+        return checkpoints.load(path), path
+    except (FileNotFoundError, IsADirectoryError):
         raise UserFacingError(f"{path}: no such checkpoint") from None
     except pickle.UnpicklingError:
         raise UserFacingError(f"{path} is not a usable a3c checkpoint: it does not load as tensors and plain "
                               f"values") from None
     except Exception as err:  # torn, or written by something else
-        first_line = (str(err).strip().splitlines() or [""])[0]
-        raise UserFacingError(f"{path} is not a usable a3c checkpoint ({type(err).__name__}: {first_line})") \
-            from None
+        raise _unusable(path, err) from None
+
+
+def _unusable(path: Path, err: Exception) -> UserFacingError:
+    first_line = (str(err).strip().splitlines() or [""])[0]
+    return UserFacingError(f"{path} is not a usable a3c checkpoint ({type(err).__name__}: {first_line})")
+
+
+def load_policy(path: str | Path = SHIPPED) -> Policy:
+    """The network of a learner checkpoint, or of an exported one such as the shipped Pong model."""
+    torch.set_num_threads(1)  # batch-1 inference gains nothing from more, and it may share the machine
+    state, path = _read(path)
+    try:
+        spec = ModelSpec(**{**state["model_spec"], "obs_shape": tuple(state["model_spec"]["obs_shape"])})
+        model = build_model(spec)
+        model.load_state_dict(state["global"]["model"])
+    except Exception as err:  # keys or shapes of something else
+        raise _unusable(path, err) from None
     model.eval()
     return Policy(env_id=state["env"], model=model, version=int(state["global"]["version"]))
 
@@ -100,23 +115,51 @@ def format_evaluation(policy: Policy, report: dict) -> str:
     return "\n".join(lines)
 
 
-def record_gif(policy: Policy, path: str | Path, episodes: int, greedy: bool, seed: int = 0,
-               frame_every: int = 1) -> list[float]:
-    """Play and save the rendered frames as an animated GIF (every `frame_every`-th agent step)."""
-    from PIL import Image
+def export_policy(source: str | Path, target: str | Path, note: str) -> Path:
+    """The network alone, in float16 (what actors play with anyway), with where it came from: a small file to
+    ship or share. `a3c evaluate` and `a3c play` read it like any checkpoint."""
+    state, path = _read(source)
+    try:
+        model = {name: t.half() if t.is_floating_point() else t for name, t in state["global"]["model"].items()}
+        exported = {"format": state["format"], "env": state["env"], "model_spec": state["model_spec"],
+                    "global": {"model": model, "version": state["global"]["version"]},
+                    "stats": {k: v for k, v in state.get("stats", {}).items() if k != "returns"}, "note": note}
+    except Exception as err:
+        raise _unusable(path, err) from None
+    target = Path(target)
+    return checkpoints.save(target.parent, exported, name=target.name, previous=None)
 
-    frames: list[Image.Image] = []
+
+def record_video(policy: Policy, path: str | Path, episodes: int, greedy: bool, seed: int = 0,
+                 frame_every: int = 1) -> list[float]:
+    """Play and save the rendered frames (every `frame_every`-th agent step) as an animated GIF or an MP4."""
+    frames: list[np.ndarray] = []
     count = 0
 
     def keep(frame: np.ndarray) -> None:
         nonlocal count
         if count % frame_every == 0:
-            frames.append(Image.fromarray(frame))
+            frames.append(frame)
         count += 1
 
     returns = [play_episode(policy, greedy, seed + i, on_frame=keep, render_mode="rgb_array")
                for i in range(episodes)]
     # One agent step is 4 emulator frames at 60 Hz: about 67 ms of game time.
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=67 * frame_every, loop=0,
-                   optimize=True)
+    step_ms = 1000 * 4 / 60 * frame_every
+    if str(path).lower().endswith(".mp4"):
+        import cv2
+
+        height, width = frames[0].shape[:2]
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 1000 / step_ms, (width, height))
+        if not writer.isOpened():
+            raise UserFacingError(f"cannot write an MP4 video to {path}")
+        for frame in frames:
+            writer.write(frame[:, :, ::-1])  # OpenCV wants BGR
+        writer.release()
+    else:
+        from PIL import Image
+
+        images = [Image.fromarray(frame) for frame in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=round(step_ms), loop=0,
+                       optimize=True)
     return returns

@@ -38,10 +38,9 @@ def rollout_returns(model: ActorCritic, rollout: Rollout, gamma: float, clip_rew
 
 def compute_gradients(model: ActorCritic, rollout: Rollout, gamma: float, entropy_coef: float,
                       value_coef: float, max_grad_norm: float, clip_rewards: bool) -> GradientResult:
-    t_max, n = rollout.actions.shape
     returns = rollout_returns(model, rollout, gamma, clip_rewards)
-    obs = torch.from_numpy(rollout.obs[:t_max].reshape((t_max * n,) + rollout.obs.shape[2:]))
-    logits, values = model(obs)
+    # The rollout's own forward passes (time-major, like the returns); the parameters have not moved since.
+    logits, values = torch.cat(rollout.logits), torch.cat(rollout.values)
     loss = a3c_loss(logits, values, torch.from_numpy(rollout.actions.reshape(-1)), returns.reshape(-1),
                     entropy_coef, value_coef)
     model.zero_grad(set_to_none=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from a3c.envs import make_env, observation_array
+from a3c.envs import make_env_batch
 from a3c.model import ActorCritic
 
 
@@ -21,6 +21,9 @@ class Rollout:
     dones: np.ndarray                   # [T, N] float32, 1.0 where the step ended an episode
     truncated: list[tuple[int, int, np.ndarray]] = field(default_factory=list)  # (t, env, final obs)
     episode_returns: list[float] = field(default_factory=list)                  # episodes finished
+    # The forward passes that chose the actions, autograd graph attached: the gradient needs no second pass.
+    logits: list[torch.Tensor] = field(default_factory=list)                    # T x [N, A]
+    values: list[torch.Tensor] = field(default_factory=list)                    # T x [N]
 
     @property
     def agent_steps(self) -> int:
@@ -28,15 +31,14 @@ class Rollout:
 
 
 class VectorRollout:
-    def __init__(self, env_id: str, num_envs: int, t_max: int, seed: int) -> None:
-        self.envs = [make_env(env_id, seed=seed + i) for i in range(num_envs)]
+    def __init__(self, env_id: str, num_envs: int, t_max: int, seed: int, backend: str = "auto") -> None:
+        self.envs = make_env_batch(env_id, num_envs, seed, backend)
         self.t_max = t_max
-        first = [observation_array(env.reset(seed=seed + i)[0]) for i, env in enumerate(self.envs)]
-        self.obs = np.stack(first)
+        self.obs = self.envs.reset()
         self.running_returns = np.zeros(num_envs, dtype=np.float64)
 
     def collect(self, model: ActorCritic) -> Rollout:
-        t_max, n = self.t_max, len(self.envs)
+        t_max, n = self.t_max, len(self.running_returns)
         obs = np.empty((t_max + 1,) + self.obs.shape, dtype=self.obs.dtype)
         actions = np.empty((t_max, n), dtype=np.int64)
         rewards = np.empty((t_max, n), dtype=np.float32)
@@ -44,24 +46,23 @@ class VectorRollout:
         rollout = Rollout(obs, actions, rewards, dones)
         for t in range(t_max):
             obs[t] = self.obs
+            logits, values = model(torch.from_numpy(obs[t]))
+            rollout.logits.append(logits)
+            rollout.values.append(values)
             with torch.no_grad():
-                logits, _ = model(torch.from_numpy(self.obs))
-            actions[t] = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1).numpy()
-            for i, env in enumerate(self.envs):
-                next_obs, reward, terminated, truncated, _ = env.step(int(actions[t, i]))
-                rewards[t, i] = reward
-                self.running_returns[i] += reward
-                if terminated or truncated:
-                    dones[t, i] = 1.0
-                    rollout.episode_returns.append(float(self.running_returns[i]))
-                    self.running_returns[i] = 0.0
-                    if truncated and not terminated:
-                        rollout.truncated.append((t, i, observation_array(next_obs)))
-                    next_obs, _ = env.reset()
-                self.obs[i] = observation_array(next_obs)
+                actions[t] = torch.multinomial(torch.softmax(logits, dim=-1), 1).squeeze(1).numpy()
+            step = self.envs.step(actions[t])
+            rewards[t] = step.rewards
+            self.running_returns += step.rewards
+            ended = step.terminated | step.truncated
+            dones[t] = ended
+            for i in np.flatnonzero(ended):
+                rollout.episode_returns.append(float(self.running_returns[i]))
+                self.running_returns[i] = 0.0
+            rollout.truncated += [(t, i, final) for i, final in step.truncated_obs.items()]
+            self.obs = step.obs
         obs[t_max] = self.obs
         return rollout
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
+        self.envs.close()

@@ -71,7 +71,8 @@ class Actor:
             self.spec = spec
             self.model = build_model(model_spec(spec))
             self.layout = parameter_layout(self.model)
-            self.rollout = VectorRollout(spec.env_id, self.config.num_envs, spec.t_max, self.config.seed)
+            self.rollout = VectorRollout(spec.env_id, self.config.num_envs, spec.t_max, self.config.seed,
+                                         self.config.env_backend)
             log.info("%s connected to %s: %s, %d envs, t_max %d", self.client.actor_id, self.config.learner,
                      spec.env_id, self.config.num_envs, spec.t_max)
         elif (spec.env_id, spec.model) != (self.spec.env_id, self.spec.model):

@@ -2,9 +2,12 @@
 
 import json
 
+import cv2
+import pytest
+import torch
 from PIL import Image
 
-from a3c import checkpoints
+from a3c import checkpoints, playing
 from tests.conftest import run_a3c
 
 
@@ -21,15 +24,38 @@ def test_evaluate_prints_statistics_and_one_json_line(start_learner, tmp_path):
         assert report[mode]["min"] <= report[mode]["mean"] <= report[mode]["max"]
 
 
-def test_play_records_a_gif_of_pong(start_learner, tmp_path):
+@pytest.mark.parametrize("suffix", [".gif", ".mp4"])
+def test_play_records_a_video_of_pong(start_learner, tmp_path, suffix):
     learner = start_learner(env="PongNoFrameskip-v4")
     learner.save_checkpoint()
-    gif = tmp_path / "pong.gif"
-    result = run_a3c("play", "--checkpoint", str(tmp_path / "checkpoints"), "--video", str(gif),
+    video = tmp_path / f"pong{suffix}"
+    result = run_a3c("play", "--checkpoint", str(tmp_path / "checkpoints"), "--video", str(video),
                      "--frame-every", "8", cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
-    with Image.open(gif) as image:
-        assert image.format == "GIF" and image.size == (160, 210) and image.n_frames > 50
+    if suffix == ".gif":
+        with Image.open(video) as image:
+            assert image.format == "GIF" and image.size == (160, 210) and image.n_frames > 50
+    else:
+        capture = cv2.VideoCapture(str(video))
+        ok, frame = capture.read()
+        assert ok and frame.shape == (210, 160, 3) and frame.max() > 0
+        assert capture.get(cv2.CAP_PROP_FRAME_COUNT) > 50
+        capture.release()
+
+
+def test_export_keeps_the_policy_in_a_small_file(start_learner, tmp_path):
+    learner = start_learner(env="PongNoFrameskip-v4")
+    learner.save_checkpoint()
+    exported = tmp_path / "shared" / "pong.pt"
+    result = run_a3c("export", "--checkpoint", str(tmp_path / "checkpoints"), "--output", str(exported),
+                     "--note", "a test", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert exported.stat().st_size < 0.6 * (tmp_path / "checkpoints" / "latest.pt").stat().st_size
+    original, copy = playing.load_policy(tmp_path / "checkpoints"), playing.load_policy(exported)
+    assert checkpoints.load(exported)["note"] == "a test" and copy.env_id == "PongNoFrameskip-v4"
+    obs = torch.randint(0, 255, (3, 4, 84, 84), dtype=torch.uint8)
+    with torch.no_grad():
+        torch.testing.assert_close(copy.model(obs)[0], original.model(obs)[0], atol=2e-3, rtol=0)
 
 
 def test_a_bad_checkpoint_or_video_name_gives_one_line(tmp_path):
@@ -39,8 +65,9 @@ def test_a_bad_checkpoint_or_video_name_gives_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("a3c: error: ")
     assert result.stderr.strip().splitlines()[-1].endswith(
         "junk.pt is not a usable a3c checkpoint: it does not load as tensors and plain values")
-    result = run_a3c("play", "--checkpoint", str(tmp_path / "junk.pt"), "--video", "out.mp4", cwd=tmp_path)
-    assert result.returncode == 2 and result.stderr.strip() == "a3c: error: --video must name a .gif file, got 'out.mp4'"
+    result = run_a3c("play", "--checkpoint", str(tmp_path / "junk.pt"), "--video", "out.avi", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "a3c: error: --video must name a .gif or .mp4 file, got 'out.avi'"
 
 
 def test_plot_draws_every_run_in_one_figure(tmp_path):

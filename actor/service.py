@@ -15,6 +15,7 @@ import torch
 from a3c import codec
 from a3c.config import ActorConfig
 from a3c.errors import UserFacingError
+from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import build_model, parameter_layout
 from a3c.wire import model_spec
@@ -112,6 +113,8 @@ class Actor:
 
     def run(self) -> int:
         torch.set_num_threads(1)
+        if self.config.keep_freed_memory:
+            keep_freed_memory()
         torch.manual_seed(self.config.seed)
         metrics_server, metrics_port = serve_metrics(self.metrics.registry, self.config.metrics_port)
         log.info("%s serving metrics on :%d/metrics", self.client.actor_id, metrics_port)

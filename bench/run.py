@@ -202,9 +202,12 @@ def table(report: dict) -> str:
              ("Wire: bytes per agent step", f"{wire['bytes_per_agent_step']:,.0f} B"),
              ("Wire: RPC latency seen by actors", latency or "n/a")]
     capacity = report["learner_capacity"]
-    rows += [(f"Learner capacity ({capacity['pushers']} synthetic pushers)",
+    per_core = 1000 / capacity["learner_cpu_ms_per_update"]
+    rows += [(f"Learner capacity ({capacity['pushers']} synthetic pushers on the same cores)",
               f"{capacity['updates_per_second']:,.0f} updates/s = {capacity['frames_per_second_equivalent']:,.0f} "
               f"frames/s at {capacity['frames_per_update']} frames per update"),
+             ("Learner CPU per update", f"{capacity['learner_cpu_ms_per_update']:.1f} ms: one core would absorb "
+              f"{per_core:,.0f} updates/s = {per_core * capacity['frames_per_update']:,.0f} frames/s"),
              ("Peak resident memory", f"learner {max(r['peak_rss_mb']['learner'] for r in report['end_to_end']):,.0f} MB, "
               f"actor {max(r['peak_rss_mb']['actor'] for r in report['end_to_end']):,.0f} MB")]
     m = report["machine"]

@@ -21,6 +21,7 @@ from a3c import checkpoints, codec
 from a3c.config import LearnerConfig
 from a3c.envs import describe_env
 from a3c.errors import UserFacingError
+from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import ModelSpec
 from a3c.wire import channel_options, message_limit
@@ -54,6 +55,8 @@ class LearnerService:
     def __init__(self, config: LearnerConfig) -> None:
         self.config = config
         torch.set_num_threads(1)
+        if config.keep_freed_memory:
+            keep_freed_memory()
         torch.manual_seed(config.seed)
         info = describe_env(config.env)
         self.model_spec = ModelSpec(info.model_kind, info.obs_shape, info.num_actions)

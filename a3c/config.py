@@ -123,7 +123,7 @@ class ActorConfig:
     """One actor process: everything else comes from the learner."""
 
     learner: str = option("localhost:50051", "HOST:PORT of the learner")
-    num_envs: int = option(16, "environments stepped together in this process (batched inference)")
+    num_envs: int = option(8, "environments stepped together in this process (batched inference)")
     keep_freed_memory: bool = option(True, "keep freed push buffers in the process instead of returning them to "
                                      "the kernel after every push (glibc only)")
     env_backend: str = option("auto", "how the environments are stepped: ale-vector (ale-py's C++ vector env, "

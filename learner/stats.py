@@ -84,11 +84,11 @@ class TrainingStats:
             losses = {k: (v / self._loss_count if self._loss_count else None) for k, v in self._loss_sums.items()}
             self._loss_sums = dict.fromkeys(self._loss_sums, 0.0)
             self._loss_count = 0
-            seconds = now - self.started
+            seconds = self.elapsed_before + now - self.started  # a resumed run counts its earlier time too
             mean = self.mean_return()
             record = {
                 "time": time.time(),
-                "seconds": round(self.elapsed_before + seconds, 3),
+                "seconds": round(seconds, 3),
                 "frames": self.env_frames,
                 "agent_steps": self.agent_steps,
                 "updates": self.updates,

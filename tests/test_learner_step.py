@@ -40,3 +40,19 @@ def test_one_push_over_grpc_applies_exactly_the_sent_gradient(start_learner):
     # The reply carries the new parameters, bit for bit in the wire dtype.
     for message, p in zip(reply.params.tensors, model.params):
         assert torch.equal(codec.decode(message), p.detach().to(model.wire_dtype))
+
+
+def test_a_resumed_run_reports_its_whole_time_and_average_speed():
+    from learner.metrics import LearnerMetrics
+    from learner.stats import TrainingStats
+    from prometheus_client import CollectorRegistry
+
+    now = [1000.0]
+    stats = TrainingStats(LearnerMetrics(CollectorRegistry()), clock=lambda: now[0])
+    stats.load_state({"env_frames": 600_000, "agent_steps": 150_000, "updates": 900, "episodes": 40,
+                      "returns": [-20.0], "best_mean_return": -20.0, "seconds": 100.0})
+    stats.record_rollout("a", 400_000, 100_000, [])
+    now[0] += 100.0
+    record = stats.snapshot(version=901)
+    assert record["seconds"] == 200.0 and record["frames"] == 1_000_000
+    assert record["average_frames_per_second"] == 5000.0  # all frames over all time, not over this session

@@ -20,6 +20,8 @@ ENV_PREFIX = "A3C_"
 OPTIMIZERS = ("rmsprop", "adam", "sgd")
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
 ENV_BACKENDS = ("auto", "ale-vector", "gymnasium")
+KEEP_FREED_MEMORY_HELP = ("keep freed push buffers in the process instead of returning them to the kernel after "
+                          "every push (glibc only)")
 
 
 class ConfigError(UserFacingError, ValueError):
@@ -97,8 +99,7 @@ class LearnerConfig(HyperParams):
     log_interval: float = option(5.0, "seconds between progress lines")
     workers: int = option(8, "gRPC server worker threads")
     metrics_port: int = option(9400, "port of the Prometheus /metrics endpoint (0 picks a free port)")
-    keep_freed_memory: bool = option(True, "keep freed push buffers in the process instead of returning them to "
-                                     "the kernel after every push (glibc only)")
+    keep_freed_memory: bool = option(True, KEEP_FREED_MEMORY_HELP)
     max_concurrent_rpcs: int = option(256, "calls served at once; more get RESOURCE_EXHAUSTED, not unbounded memory")
     auth_token: str = option("", "require this bearer token from every caller (the health service stays open)",
                              secret=True)
@@ -124,8 +125,7 @@ class ActorConfig:
 
     learner: str = option("localhost:50051", "HOST:PORT of the learner")
     num_envs: int = option(8, "environments stepped together in this process (batched inference)")
-    keep_freed_memory: bool = option(True, "keep freed push buffers in the process instead of returning them to "
-                                     "the kernel after every push (glibc only)")
+    keep_freed_memory: bool = option(True, KEEP_FREED_MEMORY_HELP)
     env_backend: str = option("auto", "how the environments are stepped: ale-vector (ale-py's C++ vector env, "
                               "ALE games only), gymnasium (Python wrappers), or auto (ale-vector where it can)",
                               choices=ENV_BACKENDS)

@@ -1,7 +1,8 @@
 """Learner capacity: synthetic pushers with a precomputed gradient (no environments) hammer one learner.
 
-Each pusher behaves like an actor on the wire: it pushes a full gradient with its last version as the base and
-asks for the new parameters in the reply. The learner's own counter says how many updates it applied.
+Each pusher behaves like an actor on the wire: it reads the learner's run spec (model, wire dtype, clip norm), pushes a
+full gradient with its last version as the base and asks for the new parameters in the reply. The learner's own
+counter says how many updates it applied.
 """
 
 from __future__ import annotations
@@ -14,26 +15,25 @@ import grpc
 import torch
 
 from a3c import codec
-from a3c.envs import describe_env
-from a3c.model import ModelSpec, build_model, parameter_layout
-from a3c.wire import channel_options, message_limit
+from a3c.model import build_model, parameter_layout
+from a3c.wire import channel_options, model_spec
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
 
-def _push_loop(address: str, env_id: str, name: str, threads: int, seconds: float, max_norm: float,
-               wire_dtype: str) -> None:
-    info = describe_env(env_id)
-    model = build_model(ModelSpec(info.model_kind, info.obs_shape, info.num_actions))
-    num_params = sum(p.numel() for p in model.parameters())
-    scale = 0.9 * max_norm / num_params ** 0.5
-    dtype = codec.torch_dtype(wire_dtype)
-    gradients = codec.encode_all(((n, torch.full(s, scale)) for n, s in parameter_layout(model)), dtype)
+def _push_loop(address: str, name: str, threads: int, seconds: float) -> None:
+    with grpc.insecure_channel(address) as channel:
+        spec = pb_grpc.LearnerStub(channel).GetRunSpec(pb.GetRunSpecRequest(actor_id=name), timeout=30,
+                                                       wait_for_ready=True)
+    model = build_model(model_spec(spec))
+    scale = 0.9 * spec.max_grad_norm / sum(p.numel() for p in model.parameters()) ** 0.5
+    gradients = codec.encode_all(((n, torch.full(s, scale)) for n, s in parameter_layout(model)),
+                                 codec.TORCH_DTYPES[spec.wire_dtype])
     stop_at = time.monotonic() + seconds
 
     def loop(index: int) -> None:
         version, seq = 0, 0
-        with grpc.insecure_channel(address, options=channel_options(message_limit(num_params))) as channel:
+        with grpc.insecure_channel(address, options=channel_options(spec.max_message_bytes)) as channel:
             stub = pb_grpc.LearnerStub(channel)
             while time.monotonic() < stop_at:
                 seq += 1
@@ -51,11 +51,9 @@ def _push_loop(address: str, env_id: str, name: str, threads: int, seconds: floa
         worker.join()
 
 
-def start_pushers(address: str, env_id: str, processes: int, threads: int, seconds: float, max_norm: float,
-                  wire_dtype: str) -> list[multiprocessing.Process]:
+def start_pushers(address: str, processes: int, threads: int, seconds: float) -> list[multiprocessing.Process]:
     context = multiprocessing.get_context("spawn")  # no gRPC state inherited through fork
-    pushers = [context.Process(target=_push_loop, args=(address, env_id, f"pusher{p}", threads, seconds,
-                                                         max_norm, wire_dtype)) for p in range(processes)]
+    pushers = [context.Process(target=_push_loop, args=(address, f"pusher{p}", threads, seconds)) for p in range(processes)]
     for pusher in pushers:
         pusher.start()
     return pushers

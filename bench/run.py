@@ -135,7 +135,6 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
 def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, workdir: Path,
                      learner_args: list[str] = ()) -> dict:
     port, metrics_port = free_port(), free_port()
-    defaults = HyperParams()
     learner = subprocess.Popen([sys.executable, "-m", "a3c", "learner", "--env", env_id, "--listen",
                                 f"127.0.0.1:{port}", "--metrics-port", str(metrics_port), "--checkpoint-dir",
                                 str(workdir / "capacity"), "--max-staleness", "100000000", "--log-interval", "60", *learner_args],
@@ -150,8 +149,7 @@ def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, 
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        pushers = start_pushers(f"127.0.0.1:{port}", env_id, processes, threads, seconds + 8,
-                                defaults.max_grad_norm, defaults.wire_dtype)
+        pushers = start_pushers(f"127.0.0.1:{port}", processes, threads, seconds + 8)
         time.sleep(6)  # pushers importing torch and connecting
         rates, cpu_per_update, rss = [], [], 0.0
         for _ in range(3):
@@ -168,7 +166,7 @@ def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, 
     finally:
         learner.terminate()
         learner.wait(timeout=60)
-    frames_per_update = defaults.t_max * ActorConfig().num_envs * describe_env(env_id).frames_per_step
+    frames_per_update = HyperParams().t_max * ActorConfig().num_envs * describe_env(env_id).frames_per_step
     updates = statistics.median(rates)
     return {"pushers": processes * threads, "updates_per_second": updates, "window_rates": rates,
             "frames_per_update": frames_per_update, "frames_per_second_equivalent": updates * frames_per_update,
@@ -233,15 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     counts = [1] if quick else [int(n) for n in args.actors.split(",")]
     window, warmup = (2.0, 3.0) if quick else (args.window, 15.0)
 
-    report = {"date": time.strftime("%Y-%m-%d"), "env": args.env, "machine": machine(), "train_args": args.train_args}
+    report = {"date": time.strftime("%Y-%m-%d"), "env": args.env, "machine": machine(), "train_args": args.train_args,
+              "learner_args": args.learner_args}
     print(f"machine: {report['machine']}", file=sys.stderr)
+    train_args, learner_args = shlex.split(args.train_args), shlex.split(args.learner_args)
+    capacity_seconds = 3.0 if quick else 15.0
     if args.only:
         with tempfile.TemporaryDirectory() as tmp:
             if args.only == "capacity":
-                print(json.dumps(learner_capacity(args.env, 15.0, 2, 4, Path(tmp), shlex.split(args.learner_args))))
+                print(json.dumps(learner_capacity(args.env, capacity_seconds, 2, 4, Path(tmp), learner_args)))
             for count in counts if args.only == "e2e" else []:
-                print(json.dumps(end_to_end(args.env, count, window, warmup, 3, Path(tmp),
-                                            shlex.split(args.train_args))))
+                print(json.dumps(end_to_end(args.env, count, window, warmup, 3, Path(tmp), train_args)))
         return 0
     rates = measure_ceiling(args.env, ActorConfig().num_envs, HyperParams().t_max,
                             seconds=1.0 if quick else 8.0, repeats=3)
@@ -251,13 +251,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report["end_to_end"] = []
         for count in counts:
-            run = end_to_end(args.env, count, window, warmup, 3, Path(tmp), shlex.split(args.train_args))
+            run = end_to_end(args.env, count, window, warmup, 3, Path(tmp), train_args)
             report["end_to_end"].append(run)
             print(f"end to end, {count} actors: {run['frames_per_second']:,.0f} frames/s", file=sys.stderr)
         report["peer"] = peer(args.env, 4.0 if quick else 40.0)
         print(f"peer: {report['peer']}", file=sys.stderr)
-        report["learner_capacity"] = learner_capacity(args.env, 3.0 if quick else 15.0, processes=2, threads=4,
-                                                      workdir=Path(tmp))
+        report["learner_capacity"] = learner_capacity(args.env, capacity_seconds, 2, 4, Path(tmp), learner_args)
         print(f"capacity: {report['learner_capacity']['updates_per_second']:,.0f} updates/s", file=sys.stderr)
     report["table"] = table(report)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

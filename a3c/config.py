@@ -126,6 +126,8 @@ class ActorConfig:
     learner: str = option("localhost:50051", "HOST:PORT of the learner")
     num_envs: int = option(8, "environments stepped together in this process (batched inference)")
     keep_freed_memory: bool = option(True, KEEP_FREED_MEMORY_HELP)
+    overlap_pushes: bool = option(False, "collect the next rollout while the learner answers the last push: no "
+                                  "waiting on the wire, but each gradient is one push staler")
     env_backend: str = option("auto", "how the environments are stepped: ale-vector (ale-py's C++ vector env, "
                               "ALE games only), gymnasium (Python wrappers), or auto (ale-vector where it can)",
                               choices=ENV_BACKENDS)

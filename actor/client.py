@@ -33,6 +33,33 @@ class LearnerRefused(UserFacingError):
     """The learner answered, but not with what the actor needs (a wrong token, say)."""
 
 
+class PendingPush:
+    """A push on its way. result() waits for the reply, or raises grpc.RpcError, and counts the call once."""
+
+    def __init__(self, client: LearnerClient, call: grpc.Future, start: float, sent: int) -> None:
+        self._client, self._call, self._start, self._sent = client, call, start, sent
+        self._arrived: float | None = None
+        # The reply's arrival time: result() may be called long after it, or just before this callback runs.
+        call.add_done_callback(self._mark_arrival)
+
+    def _mark_arrival(self, _call: grpc.Future) -> None:
+        self._arrived = self._arrived or time.perf_counter()
+
+    def result(self) -> pb.PushGradientsResponse:
+        waiting, error = time.perf_counter(), None
+        try:
+            reply = self._call.result()
+            self._client.metrics.received_bytes.inc(reply.ByteSize())
+            return reply
+        except grpc.RpcError as err:
+            error = err
+            raise
+        finally:
+            self._mark_arrival(self._call)
+            self._client.record_call("PushGradients", self._start, self._arrived, self._sent, error)
+            self._client.metrics.learner_wait_seconds.inc(time.perf_counter() - waiting)
+
+
 class LearnerClient:
     def __init__(self, address: str, actor_id: str, rpc_timeout: float, metrics: ActorMetrics,
                  auth_token: str = "", tls_ca: str = "") -> None:
@@ -85,32 +112,54 @@ class LearnerClient:
                                                      response_deserializer=pb.PushGradientsResponse.FromString)
         return spec
 
-    def _call(self, method: str, rpc: Callable, request: object):
-        """One timed call with the standard deadline; bytes and failures are counted."""
-        start = time.perf_counter()
+    def record_call(self, method: str, start: float, end: float, sent: int, error: grpc.RpcError | None) -> None:
+        self.metrics.rpc_seconds.labels(method).observe(end - start)
+        self.metrics.sent_bytes.inc(sent)
+        if error is not None:
+            self.metrics.rpc_errors.labels(method, error.code().name).inc()
+
+    def _call(self, method: str, rpc: Callable, request: pb.GetParamsRequest):
+        """One blocking call with the standard deadline; bytes, failures and the time waited are counted."""
+        start, error = time.perf_counter(), None
         try:
             reply = rpc(request, timeout=self.rpc_timeout, metadata=self._metadata)
+            self.metrics.received_bytes.inc(reply.ByteSize())
+            return reply
         except grpc.RpcError as err:
-            self.metrics.rpc_errors.labels(method, err.code().name).inc()
+            error = err
             raise
         finally:
-            self.metrics.rpc_seconds.labels(method).observe(time.perf_counter() - start)
-            self.metrics.sent_bytes.inc(len(request) if isinstance(request, bytes) else request.ByteSize())
-        self.metrics.received_bytes.inc(reply.ByteSize())
-        return reply
+            end = time.perf_counter()
+            self.record_call(method, start, end, request.ByteSize(), error)
+            self.metrics.learner_wait_seconds.inc(end - start)
 
     def get_params(self, have_version: int) -> pb.Params:
         request = pb.GetParamsRequest(actor_id=self.actor_id, have_version=have_version)
         return self._call("GetParams", self._stub.GetParams, request)
 
-    def push(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
-             env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
-             want_params: bool = True) -> pb.PushGradientsResponse:
+    def start_push(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
+                   env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
+                   want_params: bool = True) -> PendingPush:
+        """Send one gradient and return at once. The gradients are encoded before this returns, so the caller
+        may reuse their tensors."""
+        encoding = time.perf_counter()
         head = pb.PushGradientsRequest(
             actor_id=self.actor_id, seq=seq, base_version=base_version, env_frames=env_frames,
             agent_steps=agent_steps, episode_returns=episode_returns, loss=loss, want_params=want_params)
         gradients = codec.encode_field(_GRADIENTS_FIELD, named_gradients, codec.TORCH_DTYPES[self.spec.wire_dtype])
-        return self._call("PushGradients", self._push_bytes, b"".join([head.SerializeToString(), *gradients]))
+        request = b"".join([head.SerializeToString(), *gradients])
+        start = time.perf_counter()
+        call = self._push_bytes.future(request, timeout=self.rpc_timeout, metadata=self._metadata)
+        pending = PendingPush(self, call, start, len(request))
+        self.metrics.learner_wait_seconds.inc(time.perf_counter() - encoding)
+        return pending
+
+    def push(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
+             env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
+             want_params: bool = True) -> pb.PushGradientsResponse:
+        """start_push, then wait for the reply."""
+        return self.start_push(seq, base_version, named_gradients, env_frames, agent_steps, episode_returns,
+                               loss, want_params).result()
 
     def close(self) -> None:
         if self._channel is not None:

@@ -8,6 +8,7 @@ import secrets
 import signal
 import socket
 import threading
+from dataclasses import dataclass
 
 import grpc
 import torch
@@ -19,7 +20,7 @@ from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import build_model, parameter_layout
 from a3c.wire import model_spec
-from actor.client import TRANSIENT, LearnerClient
+from actor.client import TRANSIENT, LearnerClient, PendingPush
 from actor.gradients import compute_gradients
 from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout
@@ -29,6 +30,14 @@ log = logging.getLogger("actor")
 
 # Refusals that only mean "your parameters are out of date": drop the gradient, pull, go on.
 _RESYNC = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
+
+
+@dataclass
+class InFlightPush:
+    pending: PendingPush
+    base_version: int
+    frames: int
+    episode_returns: list[float]
 
 
 class ActorError(UserFacingError):
@@ -53,6 +62,7 @@ class Actor:
         self.model = None
         self.layout: list[tuple[str, tuple[int, ...]]] = []
         self.rollout: VectorRollout | None = None
+        self.in_flight: InFlightPush | None = None
 
     def _load(self, params: pb.Params) -> None:
         if not params.tensors:
@@ -84,31 +94,44 @@ class Actor:
             self.spec = spec  # a restarted learner may have changed its rollout settings
             self.rollout.t_max = spec.t_max
         self.version = -1
+        self.in_flight = None  # a push on the old connection is lost, like the rollout it came from
         self._load(self.client.get_params(self.version))
         return True
 
     def step(self) -> None:
-        """One rollout, one gradient, one push."""
+        """One rollout, one gradient, one push. With --overlap-pushes the push is answered during the next
+        rollout, which then runs on the parameters from the push before it."""
         spec = self.spec
         with self.metrics.rollout_seconds.time():
             rollout = self.rollout.collect(self.model)
         result = compute_gradients(self.model, rollout, spec.gamma, spec.entropy_coef, spec.value_coef,
                                    spec.max_grad_norm, spec.clip_rewards)
+        base_version = self.version
+        self._finish_push()  # at most one push in flight, so the learner sees each actor's pushes in order
         self.seq += 1
         loss = pb.LossStats(policy_loss=result.policy_loss, value_loss=result.value_loss,
                             entropy=result.entropy, grad_norm=result.grad_norm)
         frames = rollout.agent_steps * spec.frames_per_step
-        base_version = self.version
+        call = self.client.start_push(self.seq, base_version, zip((n for n, _ in self.layout), result.gradients),
+                                      frames, rollout.agent_steps, rollout.episode_returns, loss)
+        self.in_flight = InFlightPush(call, base_version, frames, rollout.episode_returns)
+        if not self.config.overlap_pushes:
+            self._finish_push()
+
+    def _finish_push(self) -> None:
+        """Wait for the push in flight, count it, and load the parameters that came back with it."""
+        push, self.in_flight = self.in_flight, None
+        if push is None:
+            return
         try:
-            reply = self.client.push(self.seq, base_version, zip((n for n, _ in self.layout), result.gradients),
-                                     frames, rollout.agent_steps, rollout.episode_returns, loss)
+            reply = push.pending.result()
         except grpc.RpcError as err:
-            if err.code() in _RESYNC:
-                self.metrics.record_refused()
-                self._load(self.client.get_params(-1))
-                return
-            raise
-        self.metrics.record_accepted(frames, rollout.episode_returns, lag=reply.version - 1 - base_version)
+            if err.code() not in _RESYNC:
+                raise
+            self.metrics.record_refused()
+            self._load(self.client.get_params(-1))
+            return
+        self.metrics.record_accepted(push.frames, push.episode_returns, lag=reply.version - 1 - push.base_version)
         self._load(reply.params)
 
     def run(self) -> int:
@@ -134,12 +157,20 @@ class Actor:
                     # connect waits up to --connect-timeout, with backoff, and fails with one line after that.
                     log.warning("lost the learner (%s); reconnecting", err.code().name)
                     connected = False
+            self._settle_last_push()
         finally:
             self.close()
             metrics_server.shutdown()
         log.info("%s stopped after %d accepted pushes (%d frames)", self.client.actor_id,
                  self.metrics.pushes_accepted, self.metrics.frames_counted)
         return 0
+
+    def _settle_last_push(self) -> None:
+        """On the way out, wait for the last push's answer so its frames are counted on both sides."""
+        try:
+            self._finish_push()
+        except grpc.RpcError as err:
+            log.warning("the last push got no answer (%s); its rollout is dropped", err.code().name)
 
     def close(self) -> None:
         self.client.close()

@@ -112,10 +112,13 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
     first, last = marks[0], marks[-1]
     wall = last["time"] - first["time"]
     frames_per_step = describe_env(env_id).frames_per_step
-    rpc_share, bytes_per_step, latency = [], [], {}
+    rpc_share, wait_share, bytes_per_step, latency = [], [], [], {}
     for before, after in zip(first["actors"], last["actors"]):
         rpc = total(after, "a3c_actor_rpc_seconds_sum") - total(before, "a3c_actor_rpc_seconds_sum")
         rpc_share.append(rpc / wall)
+        waited = (total(after, "a3c_actor_learner_wait_seconds_total")
+                  - total(before, "a3c_actor_learner_wait_seconds_total"))
+        wait_share.append(waited / wall)
         steps = (total(after, "a3c_actor_env_frames_total") - total(before, "a3c_actor_env_frames_total"))
         steps /= frames_per_step
         moved = sum(total(after, n) - total(before, n)
@@ -127,7 +130,8 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
                 if value is not None:
                     latency.setdefault(f"{method}_p{int(q * 100)}_ms", []).append(1000 * value)
     return {"actors": actors, "frames_per_second": statistics.median(rates), "window_rates": rates,
-            "rpc_share": statistics.mean(rpc_share), "bytes_per_agent_step": statistics.mean(bytes_per_step),
+            "rpc_share": statistics.mean(rpc_share), "wait_share": statistics.mean(wait_share),
+            "bytes_per_agent_step": statistics.mean(bytes_per_step),
             "latency_ms": {k: statistics.median(v) for k, v in latency.items()},
             "peak_rss_mb": {k: v / 2**20 for k, v in peaks.items()}}
 
@@ -196,7 +200,8 @@ def table(report: dict) -> str:
         rows.append((f"a3c train, {run['actors']} actor(s)", f"{run['frames_per_second']:,.0f} frames/s ({ratio})"))
     wire = next((r for r in report["end_to_end"] if r["actors"] == 2), report["end_to_end"][0])
     latency = ", ".join(f"{k.replace('_ms', '')} {v:.1f} ms" for k, v in sorted(wire["latency_ms"].items()))
-    rows += [(f"Wire ({wire['actors']} actors): time in RPCs", f"{wire['rpc_share']:.1%} of actor wall time"),
+    rows += [(f"Wire ({wire['actors']} actors): time waiting on the learner",
+              f"{wire['wait_share']:.1%} of actor wall time (RPCs in flight {wire['rpc_share']:.1%})"),
              ("Wire: bytes per agent step", f"{wire['bytes_per_agent_step']:,.0f} B"),
              ("Wire: RPC latency seen by actors", latency or "n/a")]
     capacity = report["learner_capacity"]

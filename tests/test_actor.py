@@ -4,6 +4,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from a3c import codec
@@ -14,10 +15,11 @@ from actor.rollout import Rollout, VectorRollout
 from actor.service import Actor
 
 
-def test_actor_pushes_and_follows_the_learner(learner):
+@pytest.mark.parametrize("overlap_pushes", [False, True])
+def test_actor_pushes_and_follows_the_learner(learner, overlap_pushes):
     stop = threading.Event()
     actor = Actor(ActorConfig(learner=f"127.0.0.1:{learner.port}", num_envs=2, connect_timeout=10,
-                                   metrics_port=0), stop)
+                              metrics_port=0, overlap_pushes=overlap_pushes), stop)
     thread = threading.Thread(target=actor.run)
     thread.start()
     deadline = time.monotonic() + 30
@@ -29,6 +31,10 @@ def test_actor_pushes_and_follows_the_learner(learner):
     assert learner.model.version >= 20
     assert actor.metrics.pushes_accepted == learner.stats.updates == learner.model.version
     assert actor.metrics.frames_counted == learner.stats.env_frames
+    # Alone, an actor's gradients are fresh; overlapping, each is one push behind (the first one excepted).
+    lag = (actor.metrics.registry.get_sample_value("a3c_actor_policy_lag_sum")
+           / actor.metrics.registry.get_sample_value("a3c_actor_policy_lag_count"))
+    assert lag == (pytest.approx(1 - 1 / learner.model.version) if overlap_pushes else 0)
     # The actor's network equals the version it last received, as rounded to the wire dtype.
     assert actor.version == learner.model.version
     wire = codec.TORCH_DTYPES[actor.spec.wire_dtype]

@@ -43,6 +43,11 @@ class GlobalModel:
 
     def apply(self, gradients: Sequence[torch.Tensor]) -> int:
         """One optimizer step with the given gradients (in layout order). Call with `lock` held."""
+        # Parameters whose gradient is often zero (dead ReLUs) decay RMSProp's running average into denormal
+        # floats, and CPU arithmetic on those is many times slower: a third of the entries after 30,000 Pong
+        # updates, 9.6 ms per step instead of 3. Flushing them to zero changes nothing (sqrt of them is far
+        # below eps). The setting belongs to the calling thread, so each gRPC worker sets it here.
+        torch.set_flush_denormal(True)
         for param, grad in zip(self.params, gradients, strict=True):
             param.grad = grad
         self.optimizer.step()

@@ -1,5 +1,7 @@
 """One learner step: a known gradient through plain SGD moves every parameter by -lr * gradient."""
 
+import threading
+
 import grpc
 import torch
 
@@ -23,6 +25,27 @@ def test_apply_with_sgd_subtracts_lr_times_gradient_and_bumps_version():
     for p, p0, g in zip(model.params, before, gradients):
         torch.testing.assert_close(p.detach(), p0 - 0.25 * g, rtol=0, atol=1e-7)
         assert p.grad is None
+
+
+def test_rmsprop_state_of_parameters_without_gradient_never_turns_denormal():
+    # Zero gradients (dead units) decay RMSProp's running average geometrically; below 1.2e-38 floats turn
+    # denormal and every step over them gets several times slower. Updates run on gRPC worker threads.
+    model = GlobalModel(SPEC, optimizer="rmsprop", lr=1e-3)
+    zeros = [torch.zeros_like(p) for p in model.params]
+
+    def updates() -> None:
+        with model.lock:
+            model.apply([torch.full_like(p, 1e-18) for p in model.params])  # square_avg 1e-38: nearly denormal
+            for _ in range(50):
+                model.apply(zeros)
+
+    worker = threading.Thread(target=updates)
+    worker.start()
+    worker.join()
+    smallest_normal = torch.finfo(torch.float32).tiny
+    for state in model.optimizer.state.values():
+        average = state["square_avg"]
+        assert not ((average != 0) & (average.abs() < smallest_normal)).any()
 
 
 def test_one_push_over_grpc_applies_exactly_the_sent_gradient(start_learner):

@@ -118,7 +118,7 @@ class LearnerClient:
         if error is not None:
             self.metrics.rpc_errors.labels(method, error.code().name).inc()
 
-    def _call(self, method: str, rpc: Callable, request: pb.GetParamsRequest):
+    def _call(self, method: str, rpc: Callable, request: pb.GetParamsRequest | bytes):
         """One blocking call with the standard deadline; bytes, failures and the time waited are counted."""
         start, error = time.perf_counter(), None
         try:
@@ -130,36 +130,42 @@ class LearnerClient:
             raise
         finally:
             end = time.perf_counter()
-            self.record_call(method, start, end, request.ByteSize(), error)
+            self.record_call(method, start, end, len(request) if isinstance(request, bytes) else request.ByteSize(),
+                             error)
             self.metrics.learner_wait_seconds.inc(end - start)
 
     def get_params(self, have_version: int) -> pb.Params:
         request = pb.GetParamsRequest(actor_id=self.actor_id, have_version=have_version)
         return self._call("GetParams", self._stub.GetParams, request)
 
+    def _push_request(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
+                      env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
+                      want_params: bool) -> bytes:
+        head = pb.PushGradientsRequest(
+            actor_id=self.actor_id, seq=seq, base_version=base_version, env_frames=env_frames,
+            agent_steps=agent_steps, episode_returns=episode_returns, loss=loss, want_params=want_params)
+        gradients = codec.encode_field(_GRADIENTS_FIELD, named_gradients, codec.TORCH_DTYPES[self.spec.wire_dtype])
+        return b"".join([head.SerializeToString(), *gradients])
+
+    def push(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
+             env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
+             want_params: bool = True) -> pb.PushGradientsResponse:
+        """Send one gradient and wait for the reply (on this thread: no helper thread per call)."""
+        request = self._push_request(seq, base_version, named_gradients, env_frames, agent_steps, episode_returns,
+                                     loss, want_params)
+        return self._call("PushGradients", self._push_bytes, request)
+
     def start_push(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
                    env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
                    want_params: bool = True) -> PendingPush:
         """Send one gradient and return at once. The gradients are encoded before this returns, so the caller
         may reuse their tensors."""
-        encoding = time.perf_counter()
-        head = pb.PushGradientsRequest(
-            actor_id=self.actor_id, seq=seq, base_version=base_version, env_frames=env_frames,
-            agent_steps=agent_steps, episode_returns=episode_returns, loss=loss, want_params=want_params)
-        gradients = codec.encode_field(_GRADIENTS_FIELD, named_gradients, codec.TORCH_DTYPES[self.spec.wire_dtype])
-        request = b"".join([head.SerializeToString(), *gradients])
+        request = self._push_request(seq, base_version, named_gradients, env_frames, agent_steps, episode_returns,
+                                     loss, want_params)
         start = time.perf_counter()
         call = self._push_bytes.future(request, timeout=self.rpc_timeout, metadata=self._metadata)
-        pending = PendingPush(self, call, start, len(request))
-        self.metrics.learner_wait_seconds.inc(time.perf_counter() - encoding)
-        return pending
-
-    def push(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
-             env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
-             want_params: bool = True) -> pb.PushGradientsResponse:
-        """start_push, then wait for the reply."""
-        return self.start_push(seq, base_version, named_gradients, env_frames, agent_steps, episode_returns,
-                               loss, want_params).result()
+        self.metrics.learner_wait_seconds.inc(time.perf_counter() - start)
+        return PendingPush(self, call, start, len(request))
 
     def close(self) -> None:
         if self._channel is not None:

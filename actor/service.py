@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -9,6 +10,7 @@ import signal
 import socket
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 import torch
@@ -20,7 +22,7 @@ from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import build_model, parameter_layout
 from a3c.wire import model_spec
-from actor.client import TRANSIENT, LearnerClient, PendingPush
+from actor.client import TRANSIENT, LearnerClient
 from actor.gradients import compute_gradients
 from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout
@@ -34,7 +36,7 @@ _RESYNC = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
 
 @dataclass
 class InFlightPush:
-    pending: PendingPush
+    reply: Callable[[], pb.PushGradientsResponse]  # waits for the learner's answer, or raises grpc.RpcError
     base_version: int
     frames: int
     episode_returns: list[float]
@@ -112,9 +114,13 @@ class Actor:
         loss = pb.LossStats(policy_loss=result.policy_loss, value_loss=result.value_loss,
                             entropy=result.entropy, grad_norm=result.grad_norm)
         frames = rollout.agent_steps * spec.frames_per_step
-        call = self.client.start_push(self.seq, base_version, zip((n for n, _ in self.layout), result.gradients),
-                                      frames, rollout.agent_steps, rollout.episode_returns, loss)
-        self.in_flight = InFlightPush(call, base_version, frames, rollout.episode_returns)
+        push = (self.seq, base_version, zip((n for n, _ in self.layout), result.gradients), frames,
+                rollout.agent_steps, rollout.episode_returns, loss)
+        if self.config.overlap_pushes:
+            reply = self.client.start_push(*push).result  # answered while the next rollout runs
+        else:
+            reply = functools.partial(self.client.push, *push)  # a blocking call: cheaper than a future
+        self.in_flight = InFlightPush(reply, base_version, frames, rollout.episode_returns)
         if not self.config.overlap_pushes:
             self._finish_push()
 
@@ -124,7 +130,7 @@ class Actor:
         if push is None:
             return
         try:
-            reply = push.pending.result()
+            reply = push.reply()
         except grpc.RpcError as err:
             if err.code() not in _RESYNC:
                 raise

@@ -82,7 +82,7 @@ def total(scraped: dict, name: str, **labels: str) -> float:
 def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: int, workdir: Path,
                train_args: list[str] = ()) -> dict:
     """`a3c train` (defaults plus `train_args`): frames/s of `windows` windows after `warmup` seconds of training."""
-    run_dir = workdir / f"e2e-{actors}"
+    run_dir = Path(tempfile.mkdtemp(prefix=f"e2e-{actors}-", dir=workdir))  # fresh: a used one would resume
     proc = subprocess.Popen([sys.executable, "-m", "a3c", "train", "--env", env_id, "--actors", str(actors),
                              "--run-dir", str(run_dir), "--log-interval", "1", *train_args],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -86,27 +86,29 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
     proc = subprocess.Popen([sys.executable, "-m", "a3c", "train", "--env", env_id, "--actors", str(actors),
                              "--run-dir", str(run_dir), "--log-interval", "1", *train_args],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    progress = run_dir / "progress.jsonl"
-    while (record := last_record(progress)) is None or record["frames"] == 0:
-        if proc.poll() is not None:
-            raise RuntimeError(f"a3c train with {actors} actors exited early")
-        time.sleep(0.2)
-    targets = json.loads((run_dir / "scrape-targets.json").read_text())
-    learner_port = int(targets[0]["targets"][0].rsplit(":", 1)[1])
-    actor_ports = [int(t.rsplit(":", 1)[1]) for t in targets[1]["targets"]]
-    time.sleep(warmup)
-    marks, peaks = [], {"learner": 0.0, "actor": 0.0}
-    for index in range(windows + 1):
-        snapshot = {"time": time.monotonic(), "learner": scrape(learner_port),
-                    "actors": [scrape(port) for port in actor_ports]}
-        marks.append(snapshot)
-        peaks["learner"] = max(peaks["learner"], total(snapshot["learner"], "process_resident_memory_bytes"))
-        peaks["actor"] = max([peaks["actor"]] + [total(a, "process_resident_memory_bytes")
-                                                 for a in snapshot["actors"]])
-        if index < windows:
-            time.sleep(window)
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
+    try:  # whatever happens, the run and its processes stop with this measurement
+        progress = run_dir / "progress.jsonl"
+        while (record := last_record(progress)) is None or record["frames"] == 0:
+            if proc.poll() is not None:
+                raise RuntimeError(f"a3c train with {actors} actors exited early")
+            time.sleep(0.2)
+        targets = json.loads((run_dir / "scrape-targets.json").read_text())
+        learner_port = int(targets[0]["targets"][0].rsplit(":", 1)[1])
+        actor_ports = [int(t.rsplit(":", 1)[1]) for t in targets[1]["targets"]]
+        time.sleep(warmup)
+        marks, peaks = [], {"learner": 0.0, "actor": 0.0}
+        for index in range(windows + 1):
+            snapshot = {"time": time.monotonic(), "learner": scrape(learner_port),
+                        "actors": [scrape(port) for port in actor_ports]}
+            marks.append(snapshot)
+            peaks["learner"] = max(peaks["learner"], total(snapshot["learner"], "process_resident_memory_bytes"))
+            peaks["actor"] = max([peaks["actor"]] + [total(a, "process_resident_memory_bytes")
+                                                     for a in snapshot["actors"]])
+            if index < windows:
+                time.sleep(window)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
     rates = [(total(b["learner"], "a3c_learner_env_frames_total") - total(a["learner"], "a3c_learner_env_frames_total"))
              / (b["time"] - a["time"]) for a, b in zip(marks, marks[1:])]
     first, last = marks[0], marks[-1]

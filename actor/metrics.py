@@ -37,7 +37,7 @@ class ActorMetrics:
                                       registry=registry)
         self.learner_wait_seconds = Counter(
             "a3c_actor_learner_wait_seconds", "Time the actor spent in calls to the learner instead of its own work: "
-            "encoding and sending pushes, waiting for replies it needs, pulls", registry=registry)
+            "sending pushes, waiting for the replies it needs, pulls", registry=registry)
         self.policy_lag = Histogram("a3c_actor_policy_lag",
                                     "Updates other actors made between this gradient's base version and its push",
                                     buckets=LAG_BUCKETS, registry=registry)

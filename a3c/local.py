@@ -111,7 +111,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorConfig) -> int:
-    signal.signal(signal.SIGTERM, _interrupt)  # a supervisor's SIGTERM stops the run as cleanly as Ctrl-C
+    # A supervisor's SIGTERM stops the run as cleanly as Ctrl-C. SIGINT gets a handler of its own too: started
+    # from a script's background job, Python inherits it ignored, and the children (which set their own handlers)
+    # would then stop on Ctrl-C while this process took their exit for a crash.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _interrupt)
     describe_env(learner_config.env)  # a bad --env fails here, in one line, before anything starts
     run_dir = Path(limits.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{learner_config.env.replace('/', '_')}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +172,8 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
     except KeyboardInterrupt:
         interrupted = True
         log.info("interrupted; stopping")
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one stop at a time
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)  # one stop at a time
     finally:
         _stop(actors, timeout=15.0)
         _stop([learner], timeout=60.0)

@@ -61,12 +61,14 @@ def test_pong_smoke_two_actors(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_every_process_and_still_reports(tmp_path):
+@pytest.mark.parametrize("sigint_at_start", ["default", "ignored"])  # "ignored": started from a script's `cmd &`
+def test_ctrl_c_stops_every_process_and_still_reports(tmp_path, sigint_at_start):
     run_dir = tmp_path / "run"
+    ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_at_start == "ignored" else None
     proc = subprocess.Popen([sys.executable, "-m", "a3c", "train", "--env", "CartPole-v1", "--actors", "2",
                              "--run-dir", str(run_dir), "--log-interval", "1"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=ignore_sigint)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (
             (run_dir / "progress.jsonl").exists() and read_progress(run_dir)[-1]["updates"] > 0):

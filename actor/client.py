@@ -7,7 +7,7 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 import grpc
 import torch
@@ -19,9 +19,10 @@ from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
-# The learner is away, starting, stopping or busy: worth trying again after a pause.
+Message = TypeVar("Message")
 _SERVICE = pb.DESCRIPTOR.services_by_name["Learner"].full_name
 _GRADIENTS_FIELD = pb.PushGradientsRequest.DESCRIPTOR.fields_by_name["gradients"].number
+# The learner is away, starting, stopping or busy: worth trying again after a pause.
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -42,22 +43,13 @@ class PendingPush:
         # The reply's arrival time: result() may be called long after it, or just before this callback runs.
         call.add_done_callback(self._mark_arrival)
 
-    def _mark_arrival(self, _call: grpc.Future) -> None:
+    def _mark_arrival(self, _call: grpc.Future) -> float:
         self._arrived = self._arrived or time.perf_counter()
+        return self._arrived
 
     def result(self) -> pb.PushGradientsResponse:
-        waiting, error = time.perf_counter(), None
-        try:
-            reply = self._call.result()
-            self._client.metrics.received_bytes.inc(reply.ByteSize())
-            return reply
-        except grpc.RpcError as err:
-            error = err
-            raise
-        finally:
-            self._mark_arrival(self._call)
-            self._client.record_call("PushGradients", self._start, self._arrived, self._sent, error)
-            self._client.metrics.learner_wait_seconds.inc(time.perf_counter() - waiting)
+        return self._client.counted_call("PushGradients", self._start, self._sent, self._call.result,
+                                         lambda: self._mark_arrival(self._call))
 
 
 class LearnerClient:
@@ -112,27 +104,30 @@ class LearnerClient:
                                                      response_deserializer=pb.PushGradientsResponse.FromString)
         return spec
 
-    def record_call(self, method: str, start: float, end: float, sent: int, error: grpc.RpcError | None) -> None:
-        self.metrics.rpc_seconds.labels(method).observe(end - start)
-        self.metrics.sent_bytes.inc(sent)
-        if error is not None:
-            self.metrics.rpc_errors.labels(method, error.code().name).inc()
-
-    def _call(self, method: str, rpc: Callable, request: pb.GetParamsRequest | bytes):
-        """One blocking call with the standard deadline; bytes, failures and the time waited are counted."""
-        start, error = time.perf_counter(), None
+    def counted_call(self, method: str, start: float, sent: int, wait: Callable[[], Message],
+                     arrival: Callable[[], float] = time.perf_counter) -> Message:
+        """Wait for a call's reply and count it: latency from `start` to `arrival()`, bytes both ways, failures,
+        and the time spent waiting here."""
+        waiting, error = time.perf_counter(), None
         try:
-            reply = rpc(request, timeout=self.rpc_timeout, metadata=self._metadata)
+            reply = wait()
             self.metrics.received_bytes.inc(reply.ByteSize())
             return reply
         except grpc.RpcError as err:
             error = err
             raise
         finally:
-            end = time.perf_counter()
-            self.record_call(method, start, end, len(request) if isinstance(request, bytes) else request.ByteSize(),
-                             error)
-            self.metrics.learner_wait_seconds.inc(end - start)
+            self.metrics.rpc_seconds.labels(method).observe(arrival() - start)
+            self.metrics.sent_bytes.inc(sent)
+            if error is not None:
+                self.metrics.rpc_errors.labels(method, error.code().name).inc()
+            self.metrics.learner_wait_seconds.inc(time.perf_counter() - waiting)
+
+    def _call(self, method: str, rpc: Callable, request: pb.GetParamsRequest | bytes):
+        """One blocking call with the standard deadline, counted."""
+        sent = len(request) if isinstance(request, bytes) else request.ByteSize()
+        return self.counted_call(method, time.perf_counter(), sent,
+                                 lambda: rpc(request, timeout=self.rpc_timeout, metadata=self._metadata))
 
     def get_params(self, have_version: int) -> pb.Params:
         request = pb.GetParamsRequest(actor_id=self.actor_id, have_version=have_version)

@@ -116,12 +116,12 @@ class Actor:
         frames = rollout.agent_steps * spec.frames_per_step
         push = (self.seq, base_version, zip((n for n, _ in self.layout), result.gradients), frames,
                 rollout.agent_steps, rollout.episode_returns, loss)
-        if self.config.overlap_pushes:
-            reply = self.client.start_push(*push).result  # answered while the next rollout runs
-        else:
-            reply = functools.partial(self.client.push, *push)  # a blocking call: cheaper than a future
-        self.in_flight = InFlightPush(reply, base_version, frames, rollout.episode_returns)
-        if not self.config.overlap_pushes:
+        if self.config.overlap_pushes:  # answered while the next rollout runs
+            self.in_flight = InFlightPush(self.client.start_push(*push).result, base_version, frames,
+                                          rollout.episode_returns)
+        else:  # a blocking call, which is cheaper than a future
+            self.in_flight = InFlightPush(functools.partial(self.client.push, *push), base_version, frames,
+                                          rollout.episode_returns)
             self._finish_push()
 
     def _finish_push(self) -> None:

@@ -99,7 +99,9 @@ def test_real_prometheus_scrapes_everything_the_dashboard_queries(cluster, tmp_p
 def test_promtool_accepts_what_both_services_serve(cluster):
     wait_for(lambda: cluster.learner_metric("a3c_learner_updates_total") > 0, 60, "a first update")
     for port in [cluster.learner_metrics, *cluster.actor_metrics]:
-        text = http_get(f"http://127.0.0.1:{port}/metrics")
+        # The first update proves one actor is up, not both: a loaded machine can still be starting the other.
+        text = wait_for(lambda: http_get(f"http://127.0.0.1:{port}/metrics"), 60, f"metrics on port {port}",
+                        cluster.processes)
         result = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "process_resident_memory_bytes" in text and "process_cpu_seconds_total" in text

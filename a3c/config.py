@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional
 from a3c.errors import UserFacingError
 
 ENV_PREFIX = "A3C_"
-OPTIMIZERS = ("rmsprop", "adam", "sgd")
+OPTIMIZERS = ("rmsprop", "torch-rmsprop", "adam", "sgd")
 WIRE_DTYPES = ("float32", "float16", "bfloat16")
 ENV_BACKENDS = ("auto", "ale-vector", "gymnasium")
 KEEP_FREED_MEMORY_HELP = ("keep freed push buffers in the process instead of returning them to the kernel after "
@@ -59,11 +59,13 @@ class HyperParams:
 
     env: str = option("PongNoFrameskip-v4", "environment id (any ALE game such as PongNoFrameskip-v4, or a "
                       "vector-observation env such as CartPole-v1)")
-    optimizer: str = option("rmsprop", "optimizer of the global network (RMSProp statistics are shared by "
-                            "all actors because they live in the learner)", choices=OPTIMIZERS)
+    optimizer: str = option("rmsprop", "optimizer of the global network: rmsprop is TensorFlow's form (mean "
+                            "square starting at one, eps inside the root), torch-rmsprop PyTorch's; its statistics "
+                            "live in the learner, so all actors share them", choices=OPTIMIZERS)
     lr: float = option(7e-4, "learning rate")
     rmsprop_alpha: float = option(0.99, "RMSProp smoothing constant")
-    optim_eps: float = option(1e-5, "epsilon of RMSProp or Adam")
+    optim_eps: float = option(1e-10, "epsilon of the optimizer: inside the square root for rmsprop, outside "
+                              "it for torch-rmsprop and adam (1e-10 inside is about 1e-5 outside)")
     t_max: int = option(5, "rollout length per environment, in agent steps, before each gradient push")
     gamma: float = option(0.99, "discount factor")
     entropy_coef: float = option(0.01, "weight of the entropy bonus")

@@ -10,20 +10,11 @@ import torch
 
 from a3c import codec
 from a3c.model import ModelSpec, build_model, parameter_layout
+from learner.optimizers import make_optimizer
 from proto import a3c_pb2 as pb
 
 
 _TENSORS_FIELD = pb.Params.DESCRIPTOR.fields_by_name["tensors"].number
-
-
-def make_optimizer(name: str, params, lr: float, rmsprop_alpha: float, eps: float) -> torch.optim.Optimizer:
-    if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=lr, alpha=rmsprop_alpha, eps=eps)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, eps=eps)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    raise ValueError(f"unknown optimizer {name!r}")
 
 
 class GlobalModel:

@@ -3,6 +3,7 @@
 import threading
 
 import grpc
+import pytest
 import torch
 
 from a3c import codec
@@ -27,15 +28,18 @@ def test_apply_with_sgd_subtracts_lr_times_gradient_and_bumps_version():
         assert p.grad is None
 
 
-def test_rmsprop_state_of_parameters_without_gradient_never_turns_denormal():
+@pytest.mark.parametrize("optimizer", ["rmsprop", "torch-rmsprop"])
+def test_rmsprop_state_of_parameters_without_gradient_never_turns_denormal(optimizer):
     # Zero gradients (dead units) decay RMSProp's running average geometrically; below 1.2e-38 floats turn
     # denormal and every step over them gets several times slower. Updates run on gRPC worker threads.
-    model = GlobalModel(SPEC, optimizer="rmsprop", lr=1e-3)
+    model = GlobalModel(SPEC, optimizer=optimizer, lr=1e-3)
     zeros = [torch.zeros_like(p) for p in model.params]
+    model.apply(zeros)
+    for state in model.optimizer.state.values():
+        state["square_avg"].fill_(2e-38)  # where thousands of zero gradients take it: nearly denormal
 
     def updates() -> None:
         with model.lock:
-            model.apply([torch.full_like(p, 1e-18) for p in model.params])  # square_avg 1e-38: nearly denormal
             for _ in range(50):
                 model.apply(zeros)
 

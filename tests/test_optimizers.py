@@ -32,8 +32,8 @@ def test_steps_follow_the_tensorflow_formula_on_the_pong_network():
 
 
 def test_first_steps_scale_with_the_gradient_unlike_torch_rmsprop():
-    # The reason for the default: PyTorch's RMSProp moves every weight by about 10 x lr on its first step,
-    # however small the gradient; the TensorFlow form moves it by about lr x gradient.
+    # The reason for the default: PyTorch's RMSProp moves every weight by about 10 x lr on its first step, for
+    # any gradient well above eps; the TensorFlow form moves it by about lr x gradient.
     moves = {}
     for name in ("rmsprop", "torch-rmsprop"):
         weight = torch.nn.Parameter(torch.zeros(1000))

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from a3c.config import CONV_PRECISIONS
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -27,6 +29,9 @@ class ActorCritic(nn.Module):
         self.policy = nn.Linear(torso_out, num_actions)
         self.value = nn.Linear(torso_out, 1)
         self.scale = scale  # uint8 frames come in as 0..255
+        # Torso layers before this index are convolutions, which may run in bfloat16 (set_conv_precision).
+        self._conv_end = next((i for i, m in enumerate(torso) if isinstance(m, nn.Flatten)), 0)
+        self.bfloat16_convs = False
         for module in self.torso.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
                 nn.init.orthogonal_(module.weight, gain=nn.init.calculate_gain("relu"))
@@ -41,8 +46,37 @@ class ActorCritic(nn.Module):
         """obs [B, *obs_shape] -> (logits [B, A], value [B])."""
         if self.channels_last:
             obs = obs.contiguous(memory_format=torch.channels_last)
-        features = self.torso(obs.float() * self.scale)
-        return self.policy(features), self.value(features).squeeze(-1)
+        x = obs.float() * self.scale
+        layers = iter(self.torso)
+        if self.bfloat16_convs:
+            # Autocast per call: the weights' bfloat16 copies are remade each pass, so they follow every update.
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                for _, layer in zip(range(self._conv_end), layers):
+                    x = layer(x)
+            x = x.float()
+        for layer in layers:
+            x = layer(x)
+        return self.policy(x), self.value(x).squeeze(-1)
+
+    def set_conv_precision(self, precision: str) -> str:
+        """"float32", "bfloat16", or "auto" (bfloat16 where the CPU computes it natively); returns the one used.
+
+        Only convolutions change: the dense layers, the weights and their gradients stay float32.
+        """
+        if precision not in CONV_PRECISIONS:
+            raise ValueError(f"unknown convolution precision {precision!r}")
+        if precision == "auto":
+            precision = "bfloat16" if self._conv_end and native_bfloat16() else "float32"
+        self.bfloat16_convs = precision == "bfloat16" and self._conv_end > 0
+        return "bfloat16" if self.bfloat16_convs else "float32"
+
+
+def native_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions on this CPU's own instructions (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a private helper: absent in some builds
+        return False
 
 
 def build_model(spec: ModelSpec) -> ActorCritic:

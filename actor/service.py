@@ -83,11 +83,12 @@ class Actor:
         if self.model is None:
             self.spec = spec
             self.model = build_model(model_spec(spec))
+            precision = self.model.set_conv_precision(self.config.conv_precision)
             self.layout = parameter_layout(self.model)
             self.rollout = VectorRollout(spec.env_id, self.config.num_envs, spec.t_max, self.config.seed,
                                          self.config.env_backend)
-            log.info("%s connected to %s: %s, %d envs, t_max %d", self.client.actor_id, self.config.learner,
-                     spec.env_id, self.config.num_envs, spec.t_max)
+            log.info("%s connected to %s: %s, %d envs, t_max %d, %s convolutions", self.client.actor_id,
+                     self.config.learner, spec.env_id, self.config.num_envs, spec.t_max, precision)
         elif (spec.env_id, spec.model) != (self.spec.env_id, self.spec.model):
             raise ActorError(f"the learner at {self.config.learner} now trains {spec.env_id}, "
                              f"not {self.spec.env_id}; restart this actor")

@@ -14,12 +14,15 @@ from actor.rollout import VectorRollout
 from learner.global_model import GlobalModel
 
 
-def measure_ceiling(env_id: str, num_envs: int, t_max: int, seconds: float, repeats: int) -> list[float]:
-    """Frames/s of `repeats` windows of `seconds` each, after one warm-up rollout."""
+def measure_ceiling(env_id: str, num_envs: int, t_max: int, conv_precision: str, seconds: float,
+                    repeats: int) -> tuple[list[float], str]:
+    """Frames/s of `repeats` windows of `seconds` each, after one warm-up rollout, and the convolutions'
+    precision (as an actor given `conv_precision` picks it)."""
     torch.set_num_threads(1)
     info = describe_env(env_id)
     spec = ModelSpec(info.model_kind, info.obs_shape, info.num_actions)
     learner = GlobalModel(spec, "rmsprop", 7e-4)
+    precision = learner.model.set_conv_precision(conv_precision)
     rollout = VectorRollout(env_id, num_envs, t_max, seed=0)
 
     def one_update() -> int:
@@ -36,4 +39,4 @@ def measure_ceiling(env_id: str, num_envs: int, t_max: int, seconds: float, repe
             frames += one_update()
         rates.append(frames / (time.perf_counter() - start))
     rollout.close()
-    return rates
+    return rates, precision

@@ -192,7 +192,8 @@ def table(report: dict) -> str:
     ceiling = report["ceiling"]["frames_per_second"]
     peer_fps = report["peer"].get("frames_per_second")
     rows = [("Ceiling (actor work + in-process apply, 1 core x cores)",
-             f"{ceiling:,.0f} frames/s ({report['ceiling']['per_core']:,.0f} per core)")]
+             f"{ceiling:,.0f} frames/s ({report['ceiling']['per_core']:,.0f} per core, "
+             f"{report['ceiling'].get('conv_precision', 'float32')} convolutions)")]
     if peer_fps:
         rows.append(("Stable-Baselines3 A2C, 16 envs", f"{peer_fps:,.0f} frames/s"))
 
@@ -256,10 +257,12 @@ def main(argv: list[str] | None = None) -> int:
             for count in counts if args.only == "e2e" else []:
                 print(json.dumps(end_to_end(args.env, count, window, warmup, 3, Path(tmp), train_args)))
         return 0
-    rates = measure_ceiling(args.env, ActorConfig().num_envs, HyperParams().t_max,
-                            seconds=1.0 if quick else 8.0, repeats=3)
+    actor = ActorConfig()
+    rates, precision = measure_ceiling(args.env, actor.num_envs, HyperParams().t_max, actor.conv_precision,
+                                       seconds=1.0 if quick else 8.0, repeats=3)
     per_core = statistics.median(rates)
-    report["ceiling"] = {"per_core": per_core, "frames_per_second": per_core * os.cpu_count(), "window_rates": rates}
+    report["ceiling"] = {"per_core": per_core, "frames_per_second": per_core * os.cpu_count(), "window_rates": rates,
+                         "conv_precision": precision}
     print(f"ceiling: {per_core:,.0f} frames/s per core", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         report["end_to_end"] = []

@@ -73,6 +73,8 @@ class HyperParams:
     value_coef: float = option(0.5, "weight of the value loss")
     max_grad_norm: float = option(0.5, "actors clip each gradient to this L2 norm before pushing it")
     max_staleness: int = option(64, "refuse gradients computed on parameters more than this many versions old")
+    center_frames: bool = option(True, "subtract each Atari frame's mean brightness before the first convolution, "
+                                 "so that no first-layer unit can die on the uniform background")
     wire_dtype: str = option("float16", "dtype of parameters and gradients on the wire (the learner keeps float32)",
                              choices=WIRE_DTYPES)
     seed: int = option(0, "random seed (network initialisation on the learner, environments on actors)")

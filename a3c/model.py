@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from a3c.config import CONV_PRECISIONS
+
+if TYPE_CHECKING:
+    from a3c.envs import EnvInfo
 
 
 @dataclass(frozen=True)
@@ -16,16 +20,30 @@ class ModelSpec:
     kind: str                     # "cnn" or "mlp"
     obs_shape: tuple[int, ...]
     num_actions: int
+    # Subtract each frame's mean brightness before the first convolution. False for networks from before it.
+    center_frames: bool = False
+
+    @classmethod
+    def for_env(cls, info: "EnvInfo", center_frames: bool) -> "ModelSpec":
+        """The network for an environment; centering applies to Atari frames only."""
+        return cls(info.model_kind, info.obs_shape, info.num_actions,
+                   center_frames=center_frames and info.model_kind == "cnn")
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "ModelSpec":
+        """A spec as checkpoints store it (`dataclasses.asdict`); fields added since take their defaults."""
+        return cls(**{**saved, "obs_shape": tuple(saved["obs_shape"])})
 
 
 class ActorCritic(nn.Module):
     """A shared torso with a policy head (action logits) and a value head."""
 
     def __init__(self, torso: nn.Module, torso_out: int, num_actions: int, scale: float = 1.0,
-                 channels_last: bool = False) -> None:
+                 channels_last: bool = False, center_frames: bool = False) -> None:
         super().__init__()
         self.torso = torso
         self.channels_last = channels_last
+        self.center_frames = center_frames
         self.policy = nn.Linear(torso_out, num_actions)
         self.value = nn.Linear(torso_out, 1)
         self.scale = scale  # uint8 frames come in as 0..255
@@ -47,6 +65,11 @@ class ActorCritic(nn.Module):
         if self.channels_last:
             obs = obs.contiguous(memory_format=torch.channels_last)
         x = obs.float() * self.scale
+        if self.center_frames:
+            # Atari backgrounds are uniform: uncentered, every first-layer weight sees the same input, RMSProp
+            # moves them all by about lr per update, and a unit's response to the background random-walks until
+            # it is negative everywhere and the unit is dead for good (15 of 16 conv1 channels in trained runs).
+            x = x - x.mean(dim=(-2, -1), keepdim=True)
         layers = iter(self.torso)
         if self.bfloat16_convs:
             # Autocast per call: the weights' bfloat16 copies are remade each pass, so they follow every update.
@@ -91,7 +114,8 @@ def build_model(spec: ModelSpec) -> ActorCritic:
         torso = nn.Sequential(OrderedDict(conv + [("fc", nn.Linear(flat, 256)), ("relu3", nn.ReLU())]))
         # Channels-last convolutions run about 20% faster on CPU (measured: 16.6 -> 13.2 ms for the forward and
         # backward passes of one 8-env rollout); the wire still carries each tensor in standard order.
-        model = ActorCritic(torso, 256, spec.num_actions, scale=1.0 / 255.0, channels_last=True)
+        model = ActorCritic(torso, 256, spec.num_actions, scale=1.0 / 255.0, channels_last=True,
+                            center_frames=spec.center_frames)
         return model.to(memory_format=torch.channels_last)
     if spec.kind == "mlp":
         (size,) = spec.obs_shape

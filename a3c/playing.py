@@ -60,8 +60,7 @@ def load_policy(path: str | Path = SHIPPED) -> Policy:
     torch.set_num_threads(1)  # batch-1 inference gains nothing from more, and it may share the machine
     state, path = _read(path)
     try:
-        spec = ModelSpec(**{**state["model_spec"], "obs_shape": tuple(state["model_spec"]["obs_shape"])})
-        model = build_model(spec)
+        model = build_model(ModelSpec.from_dict(state["model_spec"]))
         model.load_state_dict(state["global"]["model"])
     except Exception as err:  # keys or shapes of something else
         raise _unusable(path, err) from None

@@ -29,4 +29,4 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 def model_spec(spec: pb.RunSpec) -> ModelSpec:
     return ModelSpec(kind=spec.model.kind, obs_shape=tuple(spec.model.obs_shape),
-                     num_actions=spec.model.num_actions)
+                     num_actions=spec.model.num_actions, center_frames=spec.model.center_frames)

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+from a3c.config import HyperParams
 from a3c.envs import describe_env
 from a3c.model import ModelSpec
 from actor.gradients import compute_gradients
@@ -20,7 +21,7 @@ def measure_ceiling(env_id: str, num_envs: int, t_max: int, conv_precision: str,
     precision (as an actor given `conv_precision` picks it)."""
     torch.set_num_threads(1)
     info = describe_env(env_id)
-    spec = ModelSpec(info.model_kind, info.obs_shape, info.num_actions)
+    spec = ModelSpec.for_env(info, HyperParams().center_frames)
     learner = GlobalModel(spec, "rmsprop", 7e-4)
     precision = learner.model.set_conv_precision(conv_precision)
     rollout = VectorRollout(env_id, num_envs, t_max, seed=0)

@@ -44,7 +44,8 @@ def build_run_spec(config: LearnerConfig, spec: ModelSpec, frames_per_step: int,
                    num_params: int) -> pb.RunSpec:
     return pb.RunSpec(
         env_id=config.env,
-        model=pb.ModelSpec(kind=spec.kind, obs_shape=list(spec.obs_shape), num_actions=spec.num_actions),
+        model=pb.ModelSpec(kind=spec.kind, obs_shape=list(spec.obs_shape), num_actions=spec.num_actions,
+                           center_frames=spec.center_frames),
         t_max=config.t_max, gamma=config.gamma, entropy_coef=config.entropy_coef, value_coef=config.value_coef,
         max_grad_norm=config.max_grad_norm, clip_rewards=clip_rewards, frames_per_step=frames_per_step,
         wire_dtype=codec.wire_dtype(config.wire_dtype), max_message_bytes=message_limit(num_params),
@@ -59,7 +60,7 @@ class LearnerService:
             keep_freed_memory()
         torch.manual_seed(config.seed)
         info = describe_env(config.env)
-        self.model_spec = ModelSpec(info.model_kind, info.obs_shape, info.num_actions)
+        self.model_spec = ModelSpec.for_env(info, config.center_frames)
         self.model = GlobalModel(self.model_spec, config.optimizer, config.lr, config.rmsprop_alpha,
                                  config.optim_eps, codec.torch_dtype(config.wire_dtype))
         self.registry = new_registry()
@@ -119,9 +120,15 @@ class LearnerService:
         if found is None:
             return None
         state, path = found
-        if state.get("env") != self.config.env or state.get("model_spec") != asdict(self.model_spec):
+        if state.get("env") != self.config.env:
             raise LearnerError(f"{path} holds a run of {state.get('env')!r}, not {self.config.env!r}; "
                                f"use another --checkpoint-dir")
+        saved = ModelSpec.from_dict(state["model_spec"])
+        if saved != self.model_spec:
+            hint = ""
+            if saved.center_frames != self.model_spec.center_frames:
+                hint = f" (resume it with --{'' if saved.center_frames else 'no-'}center-frames)"
+            raise LearnerError(f"{path} holds a different network{hint}; use another --checkpoint-dir")
         self.model.load_state(state["global"])
         self.stats.load_state(state["stats"])
         self._best_saved = self.stats.best_mean_return

@@ -39,14 +39,16 @@ class Tensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("kind", "obs_shape", "num_actions")
+    __slots__ = ("kind", "obs_shape", "num_actions", "center_frames")
     KIND_FIELD_NUMBER: _ClassVar[int]
     OBS_SHAPE_FIELD_NUMBER: _ClassVar[int]
     NUM_ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    CENTER_FRAMES_FIELD_NUMBER: _ClassVar[int]
     kind: str
     obs_shape: _containers.RepeatedScalarFieldContainer[int]
     num_actions: int
-    def __init__(self, kind: _Optional[str] = ..., obs_shape: _Optional[_Iterable[int]] = ..., num_actions: _Optional[int] = ...) -> None: ...
+    center_frames: bool
+    def __init__(self, kind: _Optional[str] = ..., obs_shape: _Optional[_Iterable[int]] = ..., num_actions: _Optional[int] = ..., center_frames: _Optional[bool] = ...) -> None: ...
 
 class RunSpec(_message.Message):
     __slots__ = ("env_id", "model", "t_max", "gamma", "entropy_coef", "value_coef", "max_grad_norm", "clip_rewards", "frames_per_step", "wire_dtype", "max_message_bytes", "max_staleness")

@@ -23,8 +23,8 @@ def start_learner(tmp_path):
                         log_interval=60.0, metrics_port=0)
         settings.update(overrides)
         service = LearnerService(LearnerConfig(**settings))
+        services.append(service)  # stopped even when start() refuses a checkpoint
         service.start()
-        services.append(service)
         return service
 
     yield start

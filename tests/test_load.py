@@ -33,7 +33,7 @@ def test_32_pushers_every_push_accounted_for_no_deadlock_flat_memory(tmp_path):
     run = LocalRun(tmp_path)
     run.start_learner()
     info = describe_env("CartPole-v1")
-    model = build_model(ModelSpec(info.model_kind, info.obs_shape, info.num_actions))
+    model = build_model(ModelSpec.for_env(info, center_frames=True))
     layout = parameter_layout(model)
     scale = 0.4 / sum(p.numel() for p in model.parameters()) ** 0.5  # under the 0.5 clip norm
     gradients = codec.encode_all((name, torch.full(shape, scale)) for name, shape in layout)

@@ -67,7 +67,7 @@ class HyperParams:
     rmsprop_alpha: float = option(0.99, "RMSProp smoothing constant")
     optim_eps: float = option(1e-10, "epsilon of the optimizer: inside the square root for rmsprop, outside "
                               "it for torch-rmsprop and adam (1e-10 inside is about 1e-5 outside)")
-    t_max: int = option(5, "rollout length per environment, in agent steps, before each gradient push")
+    t_max: int = option(20, "rollout length per environment, in agent steps, before each gradient push")
     gamma: float = option(0.99, "discount factor")
     entropy_coef: float = option(0.01, "weight of the entropy bonus")
     value_coef: float = option(0.5, "weight of the value loss")

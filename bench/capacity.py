@@ -16,33 +16,33 @@ import torch
 
 from a3c import codec
 from a3c.model import build_model, parameter_layout
-from a3c.wire import channel_options, model_spec
+from a3c.metrics import new_registry
+from a3c.wire import model_spec
+from actor.client import LearnerClient
+from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
-from proto import a3c_pb2_grpc as pb_grpc
 
 
 def _push_loop(address: str, name: str, threads: int, seconds: float) -> None:
-    with grpc.insecure_channel(address) as channel:
-        spec = pb_grpc.LearnerStub(channel).GetRunSpec(pb.GetRunSpecRequest(actor_id=name), timeout=30,
-                                                       wait_for_ready=True)
-    model = build_model(model_spec(spec))
-    scale = 0.9 * spec.max_grad_norm / sum(p.numel() for p in model.parameters()) ** 0.5
-    gradients = codec.encode_all(((n, torch.full(s, scale)) for n, s in parameter_layout(model)),
-                                 codec.TORCH_DTYPES[spec.wire_dtype])
     stop_at = time.monotonic() + seconds
 
     def loop(index: int) -> None:
+        # The actor's own client, so the pushers pay what actors pay to assemble a push and read its reply.
+        client = LearnerClient(address, f"{name}-{index}", rpc_timeout=10, metrics=ActorMetrics(new_registry()))
+        spec = client.connect(timeout=30)
+        model = build_model(model_spec(spec))
+        scale = 0.9 * spec.max_grad_norm / sum(p.numel() for p in model.parameters()) ** 0.5
+        # Already in the wire dtype, as an actor's gradients are after their one conversion.
+        gradients = [(n, torch.full(s, scale, dtype=codec.TORCH_DTYPES[spec.wire_dtype]))
+                     for n, s in parameter_layout(model)]
         version, seq = 0, 0
-        with grpc.insecure_channel(address, options=channel_options(spec.max_message_bytes)) as channel:
-            stub = pb_grpc.LearnerStub(channel)
-            while time.monotonic() < stop_at:
-                seq += 1
-                request = pb.PushGradientsRequest(actor_id=f"{name}-{index}", seq=seq, base_version=version,
-                                                  gradients=gradients, env_frames=0, want_params=True)
-                try:
-                    version = stub.PushGradients(request, timeout=10).version
-                except grpc.RpcError:
-                    pass
+        while time.monotonic() < stop_at:
+            seq += 1
+            try:
+                version = client.push(seq, version, gradients, 0, 0, [], pb.LossStats()).version
+            except grpc.RpcError:
+                pass
+        client.close()
 
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
     for worker in workers:

@@ -102,7 +102,8 @@ class LearnerConfig(HyperParams):
     progress_file: str = option("", "append a JSON line of training progress here every --log-interval")
     port_file: str = option("", "write the bound gRPC port to this file once serving (for launchers)")
     log_interval: float = option(5.0, "seconds between progress lines")
-    workers: int = option(8, "gRPC server worker threads")
+    workers: int = option(1, "gRPC server worker threads: one is the fastest, since gradients are applied one at a "
+                          "time anyway and more threads only contend for Python's GIL")
     metrics_port: int = option(9400, "port of the Prometheus /metrics endpoint (0 picks a free port)")
     keep_freed_memory: bool = option(True, KEEP_FREED_MEMORY_HELP)
     max_concurrent_rpcs: int = option(256, "calls served at once; more get RESOURCE_EXHAUSTED, not unbounded memory")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from typing import Sequence
 
@@ -18,32 +19,51 @@ _TENSORS_FIELD = pb.Params.DESCRIPTOR.fields_by_name["tensors"].number
 
 
 class GlobalModel:
-    """Applies gradients one at a time under a lock; each applied gradient bumps the version by one."""
+    """Applies gradients one at a time under a lock; each applied gradient bumps the version by one.
+
+    Every parameter lives in one flat float32 buffer, in layout order (the model's tensors are views of it): the
+    optimizer step is a few operations on one tensor instead of a few per parameter, a received gradient is
+    decoded straight into one buffer, and the reply's parameters are converted to the wire dtype in one go. On
+    the Pong network that took the RMSProp step from 1.9 to 1.3 ms on a slow day of a 2-core machine.
+    """
 
     def __init__(self, spec: ModelSpec, optimizer: str, lr: float, rmsprop_alpha: float = 0.99,
                  eps: float = 1e-5, wire_dtype: torch.dtype = torch.float32) -> None:
         self.spec = spec
         self.model = build_model(spec)
-        self.params = list(self.model.parameters())
         self.layout = parameter_layout(self.model)
-        self.optimizer = make_optimizer(optimizer, self.params, lr, rmsprop_alpha, eps)
+        self.flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]))
+        self.params = list(self.model.parameters())
+        for param, view in zip(self.params, self.views(self.flat.data)):
+            param.data = view  # C order, as on the wire; the learner never runs the network, so no channels-last
+        self.optimizer = make_optimizer(optimizer, [self.flat], lr, rmsprop_alpha, eps)
         self.wire_dtype = wire_dtype
         self.version = 0
         self.lock = threading.Lock()
         self._encoded: tuple[int, list[bytes]] | None = None
 
-    def apply(self, gradients: Sequence[torch.Tensor]) -> int:
-        """One optimizer step with the given gradients (in layout order). Call with `lock` held."""
+    @property
+    def num_params(self) -> int:
+        return self.flat.numel()
+
+    def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """A flat buffer of this model's size, as one view per parameter (in layout order)."""
+        sizes = [math.prod(shape) for _, shape in self.layout]
+        return [part.view(shape) for part, (_, shape) in zip(flat.split(sizes), self.layout)]
+
+    def apply(self, gradient: torch.Tensor | Sequence[torch.Tensor]) -> int:
+        """One optimizer step with a flat gradient (or one tensor per parameter, in layout order). Call with `lock`
+        held."""
         # Parameters whose gradient is often zero (dead ReLUs) decay RMSProp's running average into denormal
         # floats, and CPU arithmetic on those is many times slower: a third of the entries after 30,000 Pong
         # updates, 9.6 ms per step instead of 3. Flushing them to zero changes nothing (sqrt of them is far
         # below eps). The setting belongs to the calling thread, so each gRPC worker sets it here.
         torch.set_flush_denormal(True)
-        for param, grad in zip(self.params, gradients, strict=True):
-            param.grad = grad
+        if not isinstance(gradient, torch.Tensor):
+            gradient = torch.cat([g.reshape(-1) for g in gradient])
+        self.flat.grad = gradient.reshape(self.flat.shape)
         self.optimizer.step()
-        for param in self.params:
-            param.grad = None
+        self.flat.grad = None
         self.version += 1
         return self.version
 
@@ -51,7 +71,12 @@ class GlobalModel:
         """The current parameters as a serialized `Params` message, in pieces to join; encoded at most once per
         version. Call with `lock` held."""
         if self._encoded is None or self._encoded[0] != self.version:
-            tensors = codec.encode_field(_TENSORS_FIELD, self.model.named_parameters(), self.wire_dtype)
+            if self.wire_dtype.is_floating_point:  # one conversion of the whole buffer
+                wire, dtype = self.views(torch.empty_like(self.flat, dtype=self.wire_dtype).copy_(self.flat)), None
+            else:
+                wire, dtype = self.params, self.wire_dtype
+            named = zip((name for name, _ in self.layout), wire)
+            tensors = codec.encode_field(_TENSORS_FIELD, named, dtype)
             self._encoded = (self.version, [pb.Params(version=self.version).SerializeToString(), *tensors])
         return self._encoded[1]
 
@@ -62,9 +87,25 @@ class GlobalModel:
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(self._flat_optimizer_state(state["optimizer"]))
         self.version = int(state["version"])
         self._encoded = None
+
+    def _flat_optimizer_state(self, saved: dict) -> dict:
+        """Optimizer state from a checkpoint written before the flat buffer (one entry per parameter), merged into
+        the one entry of the flat parameter; a flat one as it is."""
+        groups, per_param = saved["param_groups"], saved["state"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(self.layout):
+            return saved
+        entries = [per_param.get(index, {}) for index in groups[0]["params"]]
+        merged = {}
+        for key, first in entries[0].items():
+            values = [entry[key] for entry in entries]
+            if all(torch.is_tensor(v) and v.numel() == math.prod(shape) for v, (_, shape) in zip(values, self.layout)):
+                merged[key] = torch.cat([v.reshape(-1) for v in values])  # C order, like the flat buffer
+            else:  # a shared step count
+                merged[key] = first
+        return {"state": {0: merged} if merged else {}, "param_groups": [{**groups[0], "params": [0]}]}
 
     def digest(self) -> str:
         """A hash of the exact parameter bytes, to prove a refused push changed nothing."""

@@ -68,7 +68,7 @@ class LearnerService:
         self.stats = TrainingStats(self.metrics)
         self.metrics.watch_actors(self.stats.active_actors)
         self.resumed_from: Path | None = None
-        num_params = sum(p.numel() for p in self.model.params)
+        num_params = self.model.num_params
         self.run_spec = build_run_spec(config, self.model_spec, info.frames_per_step, info.clip_rewards, num_params)
         self.servicer = LearnerServicer(self.model, self.stats, self.run_spec, self.metrics)
         self.health = health.HealthServicer()
@@ -154,7 +154,7 @@ class LearnerService:
         log.info("serving on %s (port %d), metrics on :%d/metrics: %s, %s model with %d parameters, "
                  "optimizer %s lr %g", self.config.listen, self.port, self.metrics_port, self.config.env,
                  self.model_spec.kind,
-                 sum(p.numel() for p in self.model.params), self.config.optimizer, self.config.lr)
+                 self.model.num_params, self.config.optimizer, self.config.lr)
         if self.config.port_file:
             tmp = f"{self.config.port_file}.tmp"
             Path(tmp).write_text(str(self.port))

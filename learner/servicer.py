@@ -112,30 +112,29 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         head = pb.PushGradientsResponse(version=new_version).SerializeToString()
         return head if params is None else b"".join([head, *codec.embed(_PARAMS_FIELD, params)])
 
-    def _check_gradients(self, request: pb.PushGradientsRequest) -> tuple[list[torch.Tensor], float]:
-        """The decoded gradients and their global L2 norm, or PushRefused saying what is wrong."""
+    def _check_gradients(self, request: pb.PushGradientsRequest) -> tuple[torch.Tensor, float]:
+        """The decoded gradient (flat, in layout order) and its global L2 norm, or PushRefused saying what is wrong."""
         if not request.actor_id:
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "no_actor_id", "actor_id is empty")
         if request.env_frames < 0 or request.agent_steps < 0:
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "bad_counts", "frame counts must not be negative")
         if not all(math.isfinite(r) for r in request.episode_returns):
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite", "an episode return is not finite")
+        flat = torch.empty(self.model.num_params)  # each request its own: with --workers > 1 decodes overlap
         try:
-            gradients = codec.decode_all(request.gradients, self.model.layout)
+            gradients = codec.decode_all(request.gradients, self.model.layout, into=self.model.views(flat))
         except codec.CodecError as err:
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, err.reason, str(err)) from None
-        norms = torch._foreach_norm(gradients) if gradients else []
-        squares = sum(n.item() ** 2 for n in norms)
-        if not math.isfinite(squares):  # NaN or Inf in some gradient, or a float32 overflow of a huge one
+        total = torch.linalg.vector_norm(flat).item()
+        if not math.isfinite(total):  # NaN or Inf in some gradient, or a float32 overflow of a huge one
             for (name, _), grad in zip(self.model.layout, gradients):
                 if not torch.isfinite(grad).all():
                     raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite",
                                       f"{name}: gradient has NaN or Inf")
-        total = math.sqrt(squares)
         if total > self.max_norm:
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "huge_norm",
                               f"gradient norm {total:.4g} exceeds the clip norm {self.run_spec.max_grad_norm:g}")
-        return gradients, total
+        return flat, total
 
 
 def _serialize(response: object) -> bytes:

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from a3c import codec
-from a3c.model import ModelSpec
+from a3c.model import ModelSpec, build_model
 from learner.global_model import GlobalModel
+from learner.optimizers import TFStyleRMSprop
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
@@ -83,3 +84,26 @@ def test_a_resumed_run_reports_its_whole_time_and_average_speed():
     record = stats.snapshot(version=901)
     assert record["seconds"] == 200.0 and record["frames"] == 1_000_000
     assert record["average_frames_per_second"] == 5000.0  # all frames over all time, not over this session
+
+
+def test_a_checkpoint_from_before_the_flat_buffer_resumes_the_same_optimizer():
+    # Checkpoints used to hold RMSProp's running average per parameter; the flat buffer keeps one.
+    torch.manual_seed(0)
+    old_model = GlobalModel(SPEC, optimizer="rmsprop", lr=1e-3)
+    reference = build_model(SPEC)
+    reference.load_state_dict(old_model.model.state_dict())
+    per_parameter = TFStyleRMSprop(reference.parameters(), lr=1e-3, eps=1e-5)
+    steps = [[torch.randn_like(p) * 1e-2 for p in reference.parameters()] for _ in range(3)]
+    for param, grad in zip(reference.parameters(), steps[0]):
+        param.grad = grad
+    per_parameter.step()
+    resumed = GlobalModel(SPEC, optimizer="rmsprop", lr=1e-3)
+    resumed.load_state({"model": reference.state_dict(), "optimizer": per_parameter.state_dict(), "version": 1})
+    for grads in steps[1:]:
+        for param, grad in zip(reference.parameters(), grads):
+            param.grad = grad
+        per_parameter.step()
+        with resumed.lock:
+            resumed.apply(grads)
+    for mine, theirs in zip(resumed.params, reference.parameters()):
+        torch.testing.assert_close(mine.detach(), theirs.detach(), rtol=1e-6, atol=1e-9)

@@ -9,6 +9,7 @@ from typing import Iterable, Sequence
 
 import torch
 
+from a3c.int8 import Quantized, Wireable, to_int8_wire
 from proto import a3c_pb2 as pb
 
 if sys.byteorder != "little":  # torch serialises in native order; the contract says little-endian
@@ -22,9 +23,10 @@ TORCH_DTYPES: dict[int, torch.dtype] = {
     pb.INT64: torch.int64,
     pb.INT32: torch.int32,
     pb.UINT8: torch.uint8,
+    pb.INT8: torch.int8,
 }
 WIRE_DTYPES: dict[torch.dtype, int] = {v: k for k, v in TORCH_DTYPES.items()}
-_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
 
 
 class CodecError(ValueError):
@@ -43,19 +45,26 @@ def wire_dtype(name: str) -> int:
     return WIRE_DTYPES[_BY_NAME[name]]
 
 
-def _raw(name: str, tensor: torch.Tensor, dtype: torch.dtype | None) -> tuple[int, list[int], bytes]:
-    """(wire dtype, shape, little-endian bytes) of a tensor, converted to `dtype` first when given."""
+def _raw(name: str, tensor: Wireable, dtype: torch.dtype | None) -> tuple[int, list[int], bytes, list[float]]:
+    """(wire dtype, shape, little-endian bytes, scales) of a tensor, converted to `dtype` first when given:
+    a float tensor asked for in int8 is quantized to the nearest values (see `to_int8_wire`)."""
+    if dtype == torch.int8:
+        tensor = to_int8_wire(tensor)
+        dtype = None
+    scales: list[float] = []
+    if isinstance(tensor, Quantized):
+        tensor, scales = tensor.values, tensor.scales.tolist()
     t = tensor.detach().to("cpu", dtype or tensor.dtype).contiguous()
     if t.dtype not in WIRE_DTYPES:
         raise CodecError("bad_dtype", f"{name}: dtype {t.dtype} has no wire encoding")
     data = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-    return WIRE_DTYPES[t.dtype], list(t.shape), data
+    return WIRE_DTYPES[t.dtype], list(t.shape), data, scales
 
 
-def encode(name: str, tensor: torch.Tensor, dtype: torch.dtype | None = None) -> pb.Tensor:
+def encode(name: str, tensor: Wireable, dtype: torch.dtype | None = None) -> pb.Tensor:
     """One tensor as a message; converted to `dtype` first when given. Handles any layout, even empty."""
-    wire, shape, data = _raw(name, tensor, dtype)
-    return pb.Tensor(name=name, dtype=wire, shape=shape, data=data)
+    wire, shape, data, scales = _raw(name, tensor, dtype)
+    return pb.Tensor(name=name, dtype=wire, shape=shape, data=data, scales=scales)
 
 
 def _tag_and_length(field_number: int, length: int) -> bytes:
@@ -77,7 +86,7 @@ def embed(field_number: int, pieces: list[bytes]) -> list[bytes]:
     return [_tag_and_length(field_number, sum(map(len, pieces))), *pieces]
 
 
-def encode_field(field_number: int, named: Iterable[tuple[str, torch.Tensor]],
+def encode_field(field_number: int, named: Iterable[tuple[str, Wireable]],
                  dtype: torch.dtype | None = None) -> list[bytes]:
     """A `repeated Tensor` field as serialized protobuf pieces, to be joined once with the rest of a message.
 
@@ -87,16 +96,16 @@ def encode_field(field_number: int, named: Iterable[tuple[str, torch.Tensor]],
     """
     pieces: list[bytes] = []
     for name, tensor in named:
-        wire, shape, data = _raw(name, tensor, dtype)
-        head = pb.Tensor(name=name, dtype=wire, shape=shape).SerializeToString()
+        wire, shape, data, scales = _raw(name, tensor, dtype)
+        head = pb.Tensor(name=name, dtype=wire, shape=shape, scales=scales).SerializeToString()
         body = [head, _tag_and_length(_DATA_FIELD, len(data)), data] if data else [head]  # proto3 omits b""
         pieces += embed(field_number, body)
     return pieces
 
 
-def decode(message: pb.Tensor, as_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A message back into a tensor that owns its memory (converted to `as_dtype` when given); refuses unknown
-    dtypes and wrong byte counts."""
+def decode(message: pb.Tensor, as_dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """A message back into a tensor that owns its memory (converted to `as_dtype` when given), or written into
+    `out` (contiguous, of the message's shape); refuses unknown dtypes and wrong byte counts."""
     dtype = TORCH_DTYPES.get(message.dtype)
     if dtype is None:
         raise CodecError("bad_dtype", f"{message.name}: unknown dtype {message.dtype}")
@@ -109,8 +118,14 @@ def decode(message: pb.Tensor, as_dtype: torch.dtype | None = None) -> torch.Ten
     if len(data) != expected:
         raise CodecError("bad_size", f"{message.name}: {len(data)} bytes for shape {shape} "
                          f"of {dtype} (expected {expected})")
+    if message.scales:
+        return _dequantize(message, data, shape, as_dtype, out)
     if expected == 0:
-        return torch.empty(shape, dtype=as_dtype or dtype)
+        return torch.empty(shape, dtype=as_dtype or dtype) if out is None else out
+    if out is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": it is only read here
+            return out.copy_(torch.frombuffer(data, dtype=dtype).reshape(shape))
     if as_dtype is None or as_dtype == dtype:
         return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
     # The conversion makes the copy, so it can read the received bytes in place.
@@ -119,14 +134,32 @@ def decode(message: pb.Tensor, as_dtype: torch.dtype | None = None) -> torch.Ten
         return torch.frombuffer(data, dtype=dtype).reshape(shape).to(as_dtype)
 
 
-def encode_all(named: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype | None = None) -> list[pb.Tensor]:
+def _dequantize(message: pb.Tensor, data: bytes, shape: tuple[int, ...], as_dtype: torch.dtype | None,
+                out: torch.Tensor | None) -> torch.Tensor:
+    """An INT8 tensor with scales as floats (float32 unless `as_dtype` says otherwise)."""
+    count, numel = len(message.scales), math.prod(shape)
+    if message.dtype != pb.INT8:
+        raise CodecError("bad_scales", f"{message.name}: scales go only with int8 values")
+    if count > numel or numel % count:
+        raise CodecError("bad_scales", f"{message.name}: {count} scales do not split {numel} values evenly")
+    scales = torch.tensor(message.scales, dtype=torch.float32)
+    if not torch.isfinite(scales).all():
+        raise CodecError("non_finite", f"{message.name}: a scale is NaN or Inf")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": it is only read here
+        values = torch.frombuffer(data, dtype=torch.int8).reshape(shape)
+    return Quantized(values, scales).dequantize(as_dtype or torch.float32, out)
+
+
+def encode_all(named: Iterable[tuple[str, Wireable]], dtype: torch.dtype | None = None) -> list[pb.Tensor]:
     return [encode(name, tensor, dtype) for name, tensor in named]
 
 
 def decode_all(messages: Sequence[pb.Tensor], layout: Sequence[tuple[str, tuple[int, ...]]],
-               allowed: Iterable[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16),
-               as_dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-    """Decode a full set of tensors and check it against `layout` ((name, shape) pairs, in order)."""
+               allowed: Iterable[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16, torch.int8),
+               as_dtype: torch.dtype = torch.float32, into: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """Decode a full set of tensors and check it against `layout` ((name, shape) pairs, in order); written into
+    the tensors `into` (one per layout entry, of `as_dtype`) when given."""
     allowed = set(allowed)
     names = [m.name for m in messages]
     expected_names = [name for name, _ in layout]
@@ -138,12 +171,12 @@ def decode_all(messages: Sequence[pb.Tensor], layout: Sequence[tuple[str, tuple[
         if extra:
             raise CodecError("unknown_tensor", f"unexpected tensors: {', '.join(extra)}")
         raise CodecError("tensor_order", "tensors are not in the model's parameter order")
-    out = []
-    for message, (name, shape) in zip(messages, layout):
+    decoded = []
+    for index, (message, (name, shape)) in enumerate(zip(messages, layout)):
         dtype = TORCH_DTYPES.get(message.dtype)
         if dtype is not None and dtype not in allowed:
             raise CodecError("bad_dtype", f"{name}: dtype {dtype} is not accepted here")
         if tuple(message.shape) != tuple(shape):
             raise CodecError("bad_shape", f"{name}: shape {tuple(message.shape)}, expected {tuple(shape)}")
-        out.append(decode(message, as_dtype))
-    return out
+        decoded.append(decode(message, as_dtype, None if into is None else into[index]))
+    return decoded

@@ -18,7 +18,7 @@ from a3c.errors import UserFacingError
 
 ENV_PREFIX = "A3C_"
 OPTIMIZERS = ("rmsprop", "torch-rmsprop", "adam", "sgd")
-WIRE_DTYPES = ("float32", "float16", "bfloat16")
+WIRE_DTYPES = ("float32", "float16", "bfloat16", "int8")
 ENV_BACKENDS = ("auto", "ale-vector", "gymnasium")
 CONV_PRECISIONS = ("auto", "float32", "bfloat16")
 KEEP_FREED_MEMORY_HELP = ("keep freed push buffers in the process instead of returning them to the kernel after "

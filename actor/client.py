@@ -7,12 +7,12 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import grpc
 import torch
 
-from a3c import codec
+from a3c import codec, int8
 from a3c.errors import UserFacingError
 from a3c.wire import channel_options
 from actor.metrics import ActorMetrics
@@ -133,16 +133,20 @@ class LearnerClient:
         request = pb.GetParamsRequest(actor_id=self.actor_id, have_version=have_version)
         return self._call("GetParams", self._stub.GetParams, request)
 
-    def _push_request(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
+    def _push_request(self, seq: int, base_version: int, named_gradients: Iterable[tuple[str, codec.Wireable]],
                       env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
                       want_params: bool) -> bytes:
         head = pb.PushGradientsRequest(
             actor_id=self.actor_id, seq=seq, base_version=base_version, env_frames=env_frames,
             agent_steps=agent_steps, episode_returns=episode_returns, loss=loss, want_params=want_params)
-        gradients = codec.encode_field(_GRADIENTS_FIELD, named_gradients, codec.TORCH_DTYPES[self.spec.wire_dtype])
+        wire_dtype = codec.TORCH_DTYPES[self.spec.wire_dtype]
+        if wire_dtype == torch.int8:
+            names, tensors = zip(*named_gradients)
+            named_gradients = zip(names, int8.quantize_gradients(tensors, self.spec.max_grad_norm))
+        gradients = codec.encode_field(_GRADIENTS_FIELD, named_gradients, wire_dtype)
         return b"".join([head.SerializeToString(), *gradients])
 
-    def push(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
+    def push(self, seq: int, base_version: int, named_gradients: Iterable[tuple[str, codec.Wireable]],
              env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
              want_params: bool = True) -> pb.PushGradientsResponse:
         """Send one gradient and wait for the reply (on this thread: no helper thread per call)."""
@@ -150,7 +154,7 @@ class LearnerClient:
                                      loss, want_params)
         return self._call("PushGradients", self._push_bytes, request)
 
-    def start_push(self, seq: int, base_version: int, named_gradients: Sequence[tuple[str, torch.Tensor]],
+    def start_push(self, seq: int, base_version: int, named_gradients: Iterable[tuple[str, codec.Wireable]],
                    env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
                    want_params: bool = True) -> PendingPush:
         """Send one gradient and return at once. The gradients are encoded before this returns, so the caller

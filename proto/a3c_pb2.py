@@ -24,33 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fproto/a3c.proto\x12\x06\x61\x33\x63.v1\"Q\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x05\x64type\x18\x02 \x01(\x0e\x32\r.a3c.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"X\n\tModelSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tobs_shape\x18\x02 \x03(\x03\x12\x13\n\x0bnum_actions\x18\x03 \x01(\x05\x12\x15\n\rcenter_frames\x18\x04 \x01(\x08\"\x9e\x02\n\x07RunSpec\x12\x0e\n\x06\x65nv_id\x18\x01 \x01(\t\x12 \n\x05model\x18\x02 \x01(\x0b\x32\x11.a3c.v1.ModelSpec\x12\r\n\x05t_max\x18\x03 \x01(\x05\x12\r\n\x05gamma\x18\x04 \x01(\x02\x12\x14\n\x0c\x65ntropy_coef\x18\x05 \x01(\x02\x12\x12\n\nvalue_coef\x18\x06 \x01(\x02\x12\x15\n\rmax_grad_norm\x18\x07 \x01(\x02\x12\x14\n\x0c\x63lip_rewards\x18\x08 \x01(\x08\x12\x17\n\x0f\x66rames_per_step\x18\t \x01(\x05\x12!\n\nwire_dtype\x18\n \x01(\x0e\x32\r.a3c.v1.DType\x12\x19\n\x11max_message_bytes\x18\x0b \x01(\x03\x12\x15\n\rmax_staleness\x18\x0c \x01(\x03\"%\n\x11GetRunSpecRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\":\n\x10GetParamsRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x03\":\n\x06Params\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x1f\n\x07tensors\x18\x02 \x03(\x0b\x32\x0e.a3c.v1.Tensor\"X\n\tLossStats\x12\x13\n\x0bpolicy_loss\x18\x01 \x01(\x02\x12\x12\n\nvalue_loss\x18\x02 \x01(\x02\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x02\x12\x11\n\tgrad_norm\x18\x04 \x01(\x02\"\xe6\x01\n\x14PushGradientsRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12!\n\tgradients\x18\x04 \x03(\x0b\x32\x0e.a3c.v1.Tensor\x12\x12\n\nenv_frames\x18\x05 \x01(\x03\x12\x13\n\x0b\x61gent_steps\x18\x06 \x01(\x03\x12\x17\n\x0f\x65pisode_returns\x18\x07 \x03(\x02\x12\x1f\n\x04loss\x18\x08 \x01(\x0b\x32\x11.a3c.v1.LossStats\x12\x13\n\x0bwant_params\x18\t \x01(\x08\"T\n\x15PushGradientsResponse\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x1e\n\x06params\x18\x04 \x01(\x0b\x32\x0e.a3c.v1.ParamsJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03*t\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\x0b\n\x07\x46LOAT64\x10\x04\x12\t\n\x05INT64\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05UINT8\x10\x07\x32\xc8\x01\n\x07Learner\x12\x38\n\nGetRunSpec\x12\x19.a3c.v1.GetRunSpecRequest\x1a\x0f.a3c.v1.RunSpec\x12\x35\n\tGetParams\x12\x18.a3c.v1.GetParamsRequest\x1a\x0e.a3c.v1.Params\x12L\n\rPushGradients\x12\x1c.a3c.v1.PushGradientsRequest\x1a\x1d.a3c.v1.PushGradientsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0fproto/a3c.proto\x12\x06\x61\x33\x63.v1\"a\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1c\n\x05\x64type\x18\x02 \x01(\x0e\x32\r.a3c.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\x0e\n\x06scales\x18\x05 \x03(\x02\"X\n\tModelSpec\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tobs_shape\x18\x02 \x03(\x03\x12\x13\n\x0bnum_actions\x18\x03 \x01(\x05\x12\x15\n\rcenter_frames\x18\x04 \x01(\x08\"\x9e\x02\n\x07RunSpec\x12\x0e\n\x06\x65nv_id\x18\x01 \x01(\t\x12 \n\x05model\x18\x02 \x01(\x0b\x32\x11.a3c.v1.ModelSpec\x12\r\n\x05t_max\x18\x03 \x01(\x05\x12\r\n\x05gamma\x18\x04 \x01(\x02\x12\x14\n\x0c\x65ntropy_coef\x18\x05 \x01(\x02\x12\x12\n\nvalue_coef\x18\x06 \x01(\x02\x12\x15\n\rmax_grad_norm\x18\x07 \x01(\x02\x12\x14\n\x0c\x63lip_rewards\x18\x08 \x01(\x08\x12\x17\n\x0f\x66rames_per_step\x18\t \x01(\x05\x12!\n\nwire_dtype\x18\n \x01(\x0e\x32\r.a3c.v1.DType\x12\x19\n\x11max_message_bytes\x18\x0b \x01(\x03\x12\x15\n\rmax_staleness\x18\x0c \x01(\x03\"%\n\x11GetRunSpecRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\":\n\x10GetParamsRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x03\":\n\x06Params\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x1f\n\x07tensors\x18\x02 \x03(\x0b\x32\x0e.a3c.v1.Tensor\"X\n\tLossStats\x12\x13\n\x0bpolicy_loss\x18\x01 \x01(\x02\x12\x12\n\nvalue_loss\x18\x02 \x01(\x02\x12\x0f\n\x07\x65ntropy\x18\x03 \x01(\x02\x12\x11\n\tgrad_norm\x18\x04 \x01(\x02\"\xe6\x01\n\x14PushGradientsRequest\x12\x10\n\x08\x61\x63tor_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x03\x12!\n\tgradients\x18\x04 \x03(\x0b\x32\x0e.a3c.v1.Tensor\x12\x12\n\nenv_frames\x18\x05 \x01(\x03\x12\x13\n\x0b\x61gent_steps\x18\x06 \x01(\x03\x12\x17\n\x0f\x65pisode_returns\x18\x07 \x03(\x02\x12\x1f\n\x04loss\x18\x08 \x01(\x0b\x32\x11.a3c.v1.LossStats\x12\x13\n\x0bwant_params\x18\t \x01(\x08\"T\n\x15PushGradientsResponse\x12\x0f\n\x07version\x18\x03 \x01(\x03\x12\x1e\n\x06params\x18\x04 \x01(\x0b\x32\x0e.a3c.v1.ParamsJ\x04\x08\x01\x10\x02J\x04\x08\x02\x10\x03*~\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03\x12\x0b\n\x07\x46LOAT64\x10\x04\x12\t\n\x05INT64\x10\x05\x12\t\n\x05INT32\x10\x06\x12\t\n\x05UINT8\x10\x07\x12\x08\n\x04INT8\x10\x08\x32\xc8\x01\n\x07Learner\x12\x38\n\nGetRunSpec\x12\x19.a3c.v1.GetRunSpecRequest\x1a\x0f.a3c.v1.RunSpec\x12\x35\n\tGetParams\x12\x18.a3c.v1.GetParamsRequest\x1a\x0e.a3c.v1.Params\x12L\n\rPushGradients\x12\x1c.a3c.v1.PushGradientsRequest\x1a\x1d.a3c.v1.PushGradientsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.a3c_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=1057
-  _globals['_DTYPE']._serialized_end=1173
+  _globals['_DTYPE']._serialized_start=1073
+  _globals['_DTYPE']._serialized_end=1199
   _globals['_TENSOR']._serialized_start=27
-  _globals['_TENSOR']._serialized_end=108
-  _globals['_MODELSPEC']._serialized_start=110
-  _globals['_MODELSPEC']._serialized_end=198
-  _globals['_RUNSPEC']._serialized_start=201
-  _globals['_RUNSPEC']._serialized_end=487
-  _globals['_GETRUNSPECREQUEST']._serialized_start=489
-  _globals['_GETRUNSPECREQUEST']._serialized_end=526
-  _globals['_GETPARAMSREQUEST']._serialized_start=528
-  _globals['_GETPARAMSREQUEST']._serialized_end=586
-  _globals['_PARAMS']._serialized_start=588
-  _globals['_PARAMS']._serialized_end=646
-  _globals['_LOSSSTATS']._serialized_start=648
-  _globals['_LOSSSTATS']._serialized_end=736
-  _globals['_PUSHGRADIENTSREQUEST']._serialized_start=739
-  _globals['_PUSHGRADIENTSREQUEST']._serialized_end=969
-  _globals['_PUSHGRADIENTSRESPONSE']._serialized_start=971
-  _globals['_PUSHGRADIENTSRESPONSE']._serialized_end=1055
-  _globals['_LEARNER']._serialized_start=1176
-  _globals['_LEARNER']._serialized_end=1376
+  _globals['_TENSOR']._serialized_end=124
+  _globals['_MODELSPEC']._serialized_start=126
+  _globals['_MODELSPEC']._serialized_end=214
+  _globals['_RUNSPEC']._serialized_start=217
+  _globals['_RUNSPEC']._serialized_end=503
+  _globals['_GETRUNSPECREQUEST']._serialized_start=505
+  _globals['_GETRUNSPECREQUEST']._serialized_end=542
+  _globals['_GETPARAMSREQUEST']._serialized_start=544
+  _globals['_GETPARAMSREQUEST']._serialized_end=602
+  _globals['_PARAMS']._serialized_start=604
+  _globals['_PARAMS']._serialized_end=662
+  _globals['_LOSSSTATS']._serialized_start=664
+  _globals['_LOSSSTATS']._serialized_end=752
+  _globals['_PUSHGRADIENTSREQUEST']._serialized_start=755
+  _globals['_PUSHGRADIENTSREQUEST']._serialized_end=985
+  _globals['_PUSHGRADIENTSRESPONSE']._serialized_start=987
+  _globals['_PUSHGRADIENTSRESPONSE']._serialized_end=1071
+  _globals['_LEARNER']._serialized_start=1202
+  _globals['_LEARNER']._serialized_end=1402
 # @@protoc_insertion_point(module_scope)

@@ -6,7 +6,8 @@ import torch
 from a3c import codec
 from proto import a3c_pb2 as pb
 
-ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8]
+ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8,
+              torch.int8]
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from a3c import codec
+from a3c import codec, int8
 from a3c.metrics import new_registry
 from a3c.model import build_model, parameter_layout
 from a3c.wire import model_spec
@@ -100,11 +100,21 @@ def _refusals(learner):
         "nan_return": (dict(gradients=_gradients(learner), episode_returns=[float("nan")]),
                        grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
         "oversized": (dict(gradients=oversized), grpc.StatusCode.RESOURCE_EXHAUSTED, None),
+        "nan_scale": (dict(gradients=_gradients(learner, **{name: _int8(shape, float("nan"))})),
+                      grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
+        "uneven_scales": (dict(gradients=_gradients(learner, **{name: _int8(shape, 1e-3, blocks=7)})),
+                          grpc.StatusCode.INVALID_ARGUMENT, "bad_scales"),
     }
 
 
+def _int8(shape, scale, blocks=1):
+    """An int8 gradient of ones with `blocks` copies of `scale` (the codec itself never makes a bad one)."""
+    return int8.Quantized(torch.ones(shape, dtype=torch.int8), torch.full((blocks,), scale))
+
+
 @pytest.mark.parametrize("case", ["nan", "inf", "wrong_shape", "wrong_dtype", "missing_tensor", "extra_tensor",
-                                  "truncated_bytes", "future_version", "no_actor_id", "nan_return", "oversized"])
+                                  "truncated_bytes", "future_version", "no_actor_id", "nan_return", "oversized",
+                                  "nan_scale", "uneven_scales"])
 def test_malformed_push_is_refused_and_changes_nothing(learner, stub, case):
     fields, code, reason = _refusals(learner)[case]
     request = pb.PushGradientsRequest(**{"actor_id": "bad", "seq": 1, "base_version": 0, **fields})
@@ -152,3 +162,29 @@ def test_gradient_from_the_wire_in_float16_is_accepted(learner, stub):
                                timeout=10)
     assert reply.version == 1
     assert np.isfinite(learner.model.params[0].detach().numpy()).all()
+
+
+def test_int8_wire_pulls_and_pushes_quantized_tensors(start_learner):
+    learner = start_learner(wire_dtype="int8")
+    client = LearnerClient(f"127.0.0.1:{learner.port}", "q-actor", rpc_timeout=10, metrics=ActorMetrics(new_registry()))
+    spec = client.connect(timeout=10)
+    assert spec.wire_dtype == pb.INT8
+    params = client.get_params(-1)
+    for message, p in zip(params.tensors, learner.model.params):
+        if p.numel() < int8.QUANTIZE_MIN_VALUES:  # biases and heads go as float16
+            assert message.dtype == pb.FLOAT16
+            continue
+        assert message.dtype == pb.INT8 and len(message.data) == p.numel()
+        step = max(message.scales)
+        assert torch.allclose(codec.decode(message), p.detach(), atol=step / 2 * 1.001)  # nearest rounding
+    assert pb.INT8 in {message.dtype for message in params.tensors}
+    before = [p.detach().clone() for p in learner.model.params]
+    # A gradient clipped exactly to the clip norm, as actors push them: rounding must not take it over.
+    grads = [torch.randn(shape) for _, shape in learner.model.layout]
+    norm = torch.sqrt(sum(g.square().sum() for g in grads))
+    grads = [g * spec.max_grad_norm / norm for g in grads]
+    reply = client.push(1, 0, zip((n for n, _ in learner.model.layout), grads), 8, 8, [], pb.LossStats())
+    assert reply.version == 1
+    assert all(not torch.equal(b, p) for b, p in zip(before, learner.model.params))
+    assert rejections(learner) == {}
+    client.close()

@@ -188,6 +188,8 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
         "seconds": record.get("seconds", round(time.monotonic() - started, 3)),
         "frames_per_second": record.get("average_frames_per_second", 0.0),
         "mean_return": record.get("mean_return"),
+        # The episodes that finish while the processes stop can pull the last mean back under a target it reached.
+        "best_mean_return": record.get("best_mean_return"),
         "target_return": limits.stop_at_return,
         "reached": reached,
         "run_dir": str(run_dir),

@@ -9,7 +9,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from a3c.int8 import Quantized, Wireable, to_int8_wire
+from a3c.int8 import Quantized, Wireable, quantize_gradients, to_int8_wire
 from proto import a3c_pb2 as pb
 
 if sys.byteorder != "little":  # torch serialises in native order; the contract says little-endian
@@ -123,15 +123,18 @@ def decode(message: pb.Tensor, as_dtype: torch.dtype | None = None, out: torch.T
     if expected == 0:
         return torch.empty(shape, dtype=as_dtype or dtype) if out is None else out
     if out is not None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": it is only read here
-            return out.copy_(torch.frombuffer(data, dtype=dtype).reshape(shape))
+        return out.copy_(_read_in_place(data, dtype, shape))
     if as_dtype is None or as_dtype == dtype:
         return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
     # The conversion makes the copy, so it can read the received bytes in place.
+    return _read_in_place(data, dtype, shape).to(as_dtype)
+
+
+def _read_in_place(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
+    """A read-only tensor over received bytes, for a conversion or copy that makes the owned tensor."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": it is only read here
-        return torch.frombuffer(data, dtype=dtype).reshape(shape).to(as_dtype)
+        return torch.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def _dequantize(message: pb.Tensor, data: bytes, shape: tuple[int, ...], as_dtype: torch.dtype | None,
@@ -145,10 +148,15 @@ def _dequantize(message: pb.Tensor, data: bytes, shape: tuple[int, ...], as_dtyp
     scales = torch.tensor(message.scales, dtype=torch.float32)
     if not torch.isfinite(scales).all():
         raise CodecError("non_finite", f"{message.name}: a scale is NaN or Inf")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "buffer is not writable": it is only read here
-        values = torch.frombuffer(data, dtype=torch.int8).reshape(shape)
-    return Quantized(values, scales).dequantize(as_dtype or torch.float32, out)
+    return Quantized(_read_in_place(data, torch.int8, shape), scales).dequantize(as_dtype or torch.float32, out)
+
+
+def gradients_for_wire(gradients: Iterable[Wireable], dtype: torch.dtype, max_norm: float) -> list[Wireable]:
+    """Clipped gradients as the wire carries them: stochastically rounded on an int8 wire (see
+    `int8.quantize_gradients`), otherwise converted to `dtype`."""
+    if dtype == torch.int8:
+        return quantize_gradients(gradients, max_norm)
+    return [g.to(dtype) if isinstance(g, torch.Tensor) else g for g in gradients]
 
 
 def encode_all(named: Iterable[tuple[str, Wireable]], dtype: torch.dtype | None = None) -> list[pb.Tensor]:

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence, TypeVar
 
 import grpc
-import torch
 
-from a3c import codec, int8
+from a3c import codec
 from a3c.errors import UserFacingError
 from a3c.wire import channel_options
 from actor.metrics import ActorMetrics
@@ -139,11 +138,9 @@ class LearnerClient:
         head = pb.PushGradientsRequest(
             actor_id=self.actor_id, seq=seq, base_version=base_version, env_frames=env_frames,
             agent_steps=agent_steps, episode_returns=episode_returns, loss=loss, want_params=want_params)
-        wire_dtype = codec.TORCH_DTYPES[self.spec.wire_dtype]
-        if wire_dtype == torch.int8:
-            names, tensors = zip(*named_gradients)
-            named_gradients = zip(names, int8.quantize_gradients(tensors, self.spec.max_grad_norm))
-        gradients = codec.encode_field(_GRADIENTS_FIELD, named_gradients, wire_dtype)
+        names, tensors = zip(*named_gradients)
+        wire = codec.gradients_for_wire(tensors, codec.TORCH_DTYPES[self.spec.wire_dtype], self.spec.max_grad_norm)
+        gradients = codec.encode_field(_GRADIENTS_FIELD, zip(names, wire))
         return b"".join([head.SerializeToString(), *gradients])
 
     def push(self, seq: int, base_version: int, named_gradients: Iterable[tuple[str, codec.Wireable]],

@@ -14,7 +14,7 @@ import time
 import grpc
 import torch
 
-from a3c import codec, int8
+from a3c import codec
 from a3c.model import build_model, parameter_layout
 from a3c.metrics import new_registry
 from a3c.wire import model_spec
@@ -33,12 +33,10 @@ def _push_loop(address: str, name: str, threads: int, seconds: float) -> None:
         model = build_model(model_spec(spec))
         scale = 0.9 * spec.max_grad_norm / sum(p.numel() for p in model.parameters()) ** 0.5
         # Already in the wire dtype, as an actor's gradients are after their one conversion.
-        wire_dtype = codec.TORCH_DTYPES[spec.wire_dtype]
         names, shapes = zip(*parameter_layout(model))
-        tensors = [torch.full(s, scale) for s in shapes]
-        if wire_dtype == torch.int8:
-            tensors = int8.quantize_gradients(tensors, spec.max_grad_norm)
-        gradients = list(zip(names, [t.to(wire_dtype) if isinstance(t, torch.Tensor) else t for t in tensors]))
+        wire = codec.gradients_for_wire([torch.full(s, scale) for s in shapes], codec.TORCH_DTYPES[spec.wire_dtype],
+                                        spec.max_grad_norm)
+        gradients = list(zip(names, wire))
         version, seq = 0, 0
         while time.monotonic() < stop_at:
             seq += 1

@@ -35,7 +35,7 @@ class TFStyleRMSprop(torch.optim.Optimizer):
                 averages.append(state["square_avg"])
             torch._foreach_mul_(averages, group["alpha"])
             torch._foreach_addcmul_(averages, grads, grads, value=1 - group["alpha"])
-            # Multiplying by rsqrt costs less than dividing by sqrt (0.8 against 1.3 ms on the Pong network).
+            # Multiplying by rsqrt costs less than dividing by sqrt (1.45 against 1.68 ms on the Pong network, flat).
             inverse_roots = torch._foreach_add(averages, group["eps"])
             torch._foreach_rsqrt_(inverse_roots)
             torch._foreach_addcmul_(params, grads, inverse_roots, value=-group["lr"])

@@ -61,3 +61,10 @@ def test_malformed_scales_are_refused(scales, dtype, reason):
     with pytest.raises(codec.CodecError) as err:
         codec.decode(pb.Tensor(name="w", dtype=dtype, shape=[2, 3], data=b"\x01" * 6, scales=scales))
     assert err.value.reason == reason
+
+
+def test_gradients_for_the_wire_are_rounded_for_int8_and_cast_otherwise():
+    grads = [torch.randn(64, 81) * 1e-3, torch.randn(5) * 1e-3]  # a large tensor and a bias
+    large, bias = codec.gradients_for_wire(grads, torch.int8, max_norm=0.5)
+    assert isinstance(large, int8.Quantized) and bias.dtype == torch.float16  # a bias is never cast to int8
+    assert [g.dtype for g in codec.gradients_for_wire(grads, torch.float16, max_norm=0.5)] == [torch.float16] * 2

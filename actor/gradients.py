@@ -39,8 +39,8 @@ def rollout_returns(model: ActorCritic, rollout: Rollout, gamma: float, clip_rew
 def compute_gradients(model: ActorCritic, rollout: Rollout, gamma: float, entropy_coef: float,
                       value_coef: float, max_grad_norm: float, clip_rewards: bool) -> GradientResult:
     returns = rollout_returns(model, rollout, gamma, clip_rewards)
-    # The rollout's own forward passes (time-major, like the returns); the parameters have not moved since.
-    logits, values = torch.cat(rollout.logits), torch.cat(rollout.values)
+    # The rollout's own convolution passes (time-major, like the returns); the parameters have not moved since.
+    logits, values = model.heads(torch.cat(rollout.features))
     loss = a3c_loss(logits, values, torch.from_numpy(rollout.actions.reshape(-1)), returns.reshape(-1),
                     entropy_coef, value_coef)
     model.zero_grad(set_to_none=True)

@@ -10,7 +10,9 @@ import torch
 from a3c import codec
 from a3c.config import ActorConfig
 from a3c.model import ModelSpec, build_model
-from actor.gradients import rollout_returns
+from a3c.envs import describe_env
+from a3c.losses import a3c_loss
+from actor.gradients import compute_gradients, rollout_returns
 from actor.rollout import Rollout, VectorRollout
 from actor.service import Actor
 
@@ -79,3 +81,22 @@ def test_vector_rollout_reports_finished_episodes_with_unclipped_returns():
     assert batch.episode_returns and sum(batch.episode_returns) <= batch.rewards.sum()
     assert int(batch.dones.sum()) == len(batch.episode_returns)
     rollout.close()
+
+
+@pytest.mark.parametrize("env_id", ["PongNoFrameskip-v4", "CartPole-v1"])
+def test_rollout_gradient_equals_the_loss_recomputed_from_scratch(env_id):
+    # The rollout keeps the convolutions' graph and runs the dense layers again over all steps at once; the
+    # gradient must be the one a plain forward pass over the same observations and actions gives.
+    torch.manual_seed(0)
+    model = build_model(ModelSpec.for_env(describe_env(env_id), center_frames=True))
+    rollout = VectorRollout(env_id, num_envs=3, t_max=4, seed=1)
+    batch = rollout.collect(model)
+    rollout.close()
+    result = compute_gradients(model, batch, 0.99, 0.01, 0.5, max_grad_norm=1e9, clip_rewards=True)
+    got = [g.clone() for g in result.gradients]
+    returns = rollout_returns(model, batch, 0.99, clip_rewards=True)
+    logits, values = model(torch.from_numpy(batch.obs[:-1].reshape(-1, *batch.obs.shape[2:])))
+    model.zero_grad(set_to_none=True)
+    a3c_loss(logits, values, torch.from_numpy(batch.actions.reshape(-1)), returns.reshape(-1), 0.01, 0.5).total.backward()
+    for (name, _), mine, reference in zip(model.named_parameters(), got, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-6, msg=name)

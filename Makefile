@@ -31,7 +31,7 @@ tools:
 test: $(STAMP) tools
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
-# The benchmark (about 7 minutes on 2 cores; not part of `make test`): JSON in bench/results.json, a table on stdout.
+# The benchmark (7 to 12 minutes on 2 cores; not part of `make test`): JSON in bench/results.json, a table on stdout.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)
 

@@ -102,8 +102,11 @@ class LearnerConfig(HyperParams):
     progress_file: str = option("", "append a JSON line of training progress here every --log-interval")
     port_file: str = option("", "write the bound gRPC port to this file once serving (for launchers)")
     log_interval: float = option(5.0, "seconds between progress lines")
-    workers: int = option(1, "gRPC server worker threads: one is the fastest, since gradients are applied one at a "
+    workers: int = option(1, "gRPC server worker threads (of each front with --frontends): one is the fastest, since gradients are applied one at a "
                           "time anyway and more threads only contend for Python's GIL")
+    frontends: int = option(0, "processes that serve gRPC on the learner's port (SO_REUSEPORT): they receive, check "
+                            "and decode pushes and encode replies, and this process only applies them. Pays on a "
+                            "learner host with cores to spare; 0: this process serves alone")
     metrics_port: int = option(9400, "port of the Prometheus /metrics endpoint (0 picks a free port)")
     keep_freed_memory: bool = option(True, KEEP_FREED_MEMORY_HELP)
     max_concurrent_rpcs: int = option(256, "calls served at once; more get RESOURCE_EXHAUSTED, not unbounded memory")
@@ -118,6 +121,7 @@ class LearnerConfig(HyperParams):
         _require(self.checkpoint_interval >= 0, "--checkpoint-interval must not be negative")
         _require(self.log_interval > 0, f"--log-interval must be positive, got {self.log_interval}")
         _require(self.workers >= 1, f"--workers must be at least 1, got {self.workers}")
+        _require(self.frontends >= 0, f"--frontends must not be negative, got {self.frontends}")
         _check_port("metrics_port", self.metrics_port)
         _require(self.max_concurrent_rpcs >= 1, "--max-concurrent-rpcs must be at least 1")
         _require(bool(self.tls_cert) == bool(self.tls_key), "--tls-cert and --tls-key go together")

@@ -34,6 +34,7 @@ from bench.capacity import start_pushers
 from bench.ceiling import measure_ceiling
 
 ROOT = Path(__file__).resolve().parent.parent
+FRONTENDS = 2
 
 
 def machine() -> dict:
@@ -138,6 +139,19 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
             "peak_rss_mb": {k: v / 2**20 for k, v in peaks.items()}}
 
 
+def children_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process's children so far (a learner's gRPC front processes), from /proc."""
+    total_ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            total_ticks += int(fields[11]) + int(fields[12])
+    return total_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, workdir: Path,
                      learner_args: list[str] = ()) -> dict:
     port, metrics_port = free_port(), free_port()
@@ -157,15 +171,16 @@ def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, 
                 time.sleep(0.2)
         pushers = start_pushers(f"127.0.0.1:{port}", processes, threads, seconds + 8)
         time.sleep(6)  # pushers importing torch and connecting
-        rates, cpu_per_update, rss = [], [], 0.0
+        rates, cpu_per_update, fronts_per_update, rss = [], [], [], 0.0
         for _ in range(3):
-            before, start = scrape(metrics_port), time.monotonic()
+            before, start, fronts = scrape(metrics_port), time.monotonic(), children_cpu_seconds(learner.pid)
             time.sleep(seconds / 3)
             after = scrape(metrics_port)
             updates = total(after, "a3c_learner_updates_total") - total(before, "a3c_learner_updates_total")
             rates.append(updates / (time.monotonic() - start))
             cpu = total(after, "process_cpu_seconds_total") - total(before, "process_cpu_seconds_total")
             cpu_per_update.append(1000 * cpu / max(updates, 1))
+            fronts_per_update.append(1000 * (children_cpu_seconds(learner.pid) - fronts) / max(updates, 1))
             rss = max(rss, total(after, "process_resident_memory_bytes"))
         for pusher in pushers:
             pusher.join(timeout=60)
@@ -177,6 +192,7 @@ def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, 
     return {"pushers": processes * threads, "updates_per_second": updates, "window_rates": rates,
             "frames_per_update": frames_per_update, "frames_per_second_equivalent": updates * frames_per_update,
             "learner_cpu_ms_per_update": statistics.median(cpu_per_update),
+            "fronts_cpu_ms_per_update": statistics.median(fronts_per_update), "learner_args": list(learner_args),
             "learner_peak_rss_mb": rss / 2**20}
 
 
@@ -219,8 +235,17 @@ def table(report: dict) -> str:
               f"{capacity['updates_per_second']:,.0f} updates/s = {capacity['frames_per_second_equivalent']:,.0f} "
               f"frames/s at {capacity['frames_per_update']} frames per update"),
              ("Learner CPU per update", f"{capacity['learner_cpu_ms_per_update']:.1f} ms: one core would absorb "
-              f"{per_core:,.0f} updates/s = {per_core * capacity['frames_per_update']:,.0f} frames/s"),
-             ("Peak resident memory", f"learner {max(r['peak_rss_mb']['learner'] for r in report['end_to_end']):,.0f} MB, "
+              f"{per_core:,.0f} updates/s = {per_core * capacity['frames_per_update']:,.0f} frames/s")]
+    fronted = report.get("learner_capacity_frontends")
+    if fronted:
+        alone = 1000 / fronted["learner_cpu_ms_per_update"]
+        rows.append((f"Learner capacity, `{' '.join(fronted['learner_args'])}` (gRPC in front processes)",
+                     f"{fronted['updates_per_second']:,.0f} updates/s = "
+                     f"{fronted['frames_per_second_equivalent']:,.0f} frames/s; per update the learner's own process "
+                     f"{fronted['learner_cpu_ms_per_update']:.1f} ms of CPU (alone on a core it would absorb "
+                     f"{alone:,.0f} updates/s = {alone * fronted['frames_per_update']:,.0f} frames/s), the fronts "
+                     f"{fronted['fronts_cpu_ms_per_update']:.1f} ms"))
+    rows += [("Peak resident memory", f"learner {max(r['peak_rss_mb']['learner'] for r in report['end_to_end']):,.0f} MB, "
               f"actor {max(r['peak_rss_mb']['actor'] for r in report['end_to_end']):,.0f} MB")]
     m = report["machine"]
     head = (f"Measured {report['date']} on {m['cores']} cores ({m['cpu']}), {report['env']}, defaults; "
@@ -278,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"peer: {report['peer']}", file=sys.stderr)
         report["learner_capacity"] = learner_capacity(args.env, capacity_seconds, 2, 4, Path(tmp), learner_args)
         print(f"capacity: {report['learner_capacity']['updates_per_second']:,.0f} updates/s", file=sys.stderr)
+        # The structural lever beside the default: with the gRPC work in other processes, how much is left.
+        report["learner_capacity_frontends"] = learner_capacity(args.env, capacity_seconds, 2, 4, Path(tmp),
+                                                                learner_args + ["--frontends", str(FRONTENDS)])
+        print(f"capacity, --frontends {FRONTENDS}: "
+              f"{report['learner_capacity_frontends']['updates_per_second']:,.0f} updates/s", file=sys.stderr)
     if not quick:  # the machine's speed drifts during a run: half the ceiling's windows at its start, half at its end
         rates += ceiling()[0]
         print(f"ceiling again: {statistics.median(rates[3:]):,.0f} frames/s per core", file=sys.stderr)

@@ -6,13 +6,13 @@ import hmac
 
 import grpc
 
-from learner.metrics import LearnerMetrics
+from learner.metrics import RpcEvents
 
 _OPEN_PREFIX = "/grpc.health.v1.Health/"
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, token: str, metrics: LearnerMetrics) -> None:
+    def __init__(self, token: str, metrics: RpcEvents) -> None:
         self._expected = f"Bearer {token}".encode()
         self._metrics = metrics
 
@@ -26,7 +26,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
 
         def deny(request, context):
             if is_push:
-                self._metrics.rejected.labels("unauthenticated").inc()
+                self._metrics.refused("unauthenticated")
             context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
         return grpc.unary_unary_rpc_method_handler(deny)

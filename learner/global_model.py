@@ -16,6 +16,22 @@ from proto import a3c_pb2 as pb
 
 
 _TENSORS_FIELD = pb.Params.DESCRIPTOR.fields_by_name["tensors"].number
+Layout = Sequence[tuple[str, tuple[int, ...]]]
+
+
+def split_views(flat: torch.Tensor, layout: Layout) -> list[torch.Tensor]:
+    """A flat buffer of a model's size, as one view per parameter (in layout order)."""
+    return [part.view(shape) for part, (_, shape) in zip(flat.split([math.prod(s) for _, s in layout]), layout)]
+
+
+def encode_params(version: int, flat: torch.Tensor, layout: Layout, wire_dtype: torch.dtype) -> list[bytes]:
+    """Parameters (one flat float32 buffer, layout order) as a serialized `Params` message, in pieces to join."""
+    if wire_dtype.is_floating_point:  # one conversion of the whole buffer
+        flat, dtype = flat.detach().to(wire_dtype), None
+    else:
+        dtype = wire_dtype
+    named = zip((name for name, _ in layout), split_views(flat.detach(), layout))
+    return [pb.Params(version=version).SerializeToString(), *codec.encode_field(_TENSORS_FIELD, named, dtype)]
 
 
 class GlobalModel:
@@ -32,7 +48,6 @@ class GlobalModel:
         self.spec = spec
         self.model = build_model(spec)
         self.layout = parameter_layout(self.model)
-        self._sizes = [math.prod(shape) for _, shape in self.layout]
         self.flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]))
         self.params = list(self.model.parameters())
         for param, view in zip(self.params, self.views(self.flat.data)):
@@ -49,7 +64,7 @@ class GlobalModel:
 
     def views(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """A flat buffer of this model's size, as one view per parameter (in layout order)."""
-        return [part.view(shape) for part, (_, shape) in zip(flat.split(self._sizes), self.layout)]
+        return split_views(flat, self.layout)
 
     def apply(self, gradient: torch.Tensor | Sequence[torch.Tensor]) -> int:
         """One optimizer step with a flat gradient (or one tensor per parameter, in layout order). Call with `lock`
@@ -71,13 +86,7 @@ class GlobalModel:
         """The current parameters as a serialized `Params` message, in pieces to join; encoded at most once per
         version. Call with `lock` held."""
         if self._encoded is None or self._encoded[0] != self.version:
-            if self.wire_dtype.is_floating_point:  # one conversion of the whole buffer
-                wire, dtype = self.views(torch.empty_like(self.flat, dtype=self.wire_dtype).copy_(self.flat)), None
-            else:
-                wire, dtype = self.params, self.wire_dtype
-            named = zip((name for name, _ in self.layout), wire)
-            tensors = codec.encode_field(_TENSORS_FIELD, named, dtype)
-            self._encoded = (self.version, [pb.Params(version=self.version).SerializeToString(), *tensors])
+            self._encoded = (self.version, encode_params(self.version, self.flat, self.layout, self.wire_dtype))
         return self._encoded[1]
 
     def state(self) -> dict:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -51,14 +51,33 @@ class LearnerMetrics:
         self.rpc_seconds = Histogram("a3c_learner_rpc_seconds", "Server-side RPC handling time, by method",
                                      ["method"], buckets=LATENCY_BUCKETS, registry=registry)
 
+        self.frontend_restarts = Counter("a3c_learner_frontend_restarts_total",
+                                         "gRPC front processes (--frontends) started again after they died",
+                                         registry=registry)
+
     def watch_actors(self, count: Callable[[], int]) -> None:
         self.actors_active.set_function(count)
+
+    def refused(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    def rpc_done(self, method: str, code: str, seconds: float) -> None:
+        self.rpc_seconds.labels(method).observe(seconds)
+        self.rpc_handled.labels(method, code).inc()
+
+
+class RpcEvents(Protocol):
+    """What the gRPC-facing parts report: LearnerMetrics itself, or a front process's link to it."""
+
+    def refused(self, reason: str) -> None: ...
+
+    def rpc_done(self, method: str, code: str, seconds: float) -> None: ...
 
 
 class RpcMetricsInterceptor(grpc.ServerInterceptor):
     """Counts and times unary RPCs by method name and final status code."""
 
-    def __init__(self, metrics: LearnerMetrics) -> None:
+    def __init__(self, metrics: RpcEvents) -> None:
         self.metrics = metrics
 
     def intercept_service(self, continuation, handler_call_details):
@@ -67,7 +86,7 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
         inner = handler.unary_unary
-        handled, seconds = self.metrics.rpc_handled, self.metrics.rpc_seconds.labels(method)
+        done = self.metrics.rpc_done
 
         def timed(request, context):
             start = time.perf_counter()
@@ -79,8 +98,7 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
                 code = status.name if isinstance(status, grpc.StatusCode) else "UNKNOWN"
                 raise
             finally:
-                seconds.observe(time.perf_counter() - start)
-                handled.labels(method, code).inc()
+                done(method, code, time.perf_counter() - start)
 
         return grpc.unary_unary_rpc_method_handler(timed, request_deserializer=handler.request_deserializer,
                                                    response_serializer=handler.response_serializer)

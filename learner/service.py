@@ -26,6 +26,7 @@ from a3c.metrics import new_registry, serve_metrics
 from a3c.model import ModelSpec
 from a3c.wire import channel_options, message_limit
 from learner.auth import TokenAuthInterceptor
+from learner.frontends import FrontendPool, FrontSpec, reserve_port
 from learner.global_model import GlobalModel
 from learner.metrics import LearnerMetrics, RpcMetricsInterceptor
 from learner.servicer import SERVICE_NAME, LearnerServicer, add_to_server
@@ -71,6 +72,27 @@ class LearnerService:
         num_params = self.model.num_params
         self.run_spec = build_run_spec(config, self.model_spec, info.frames_per_step, info.clip_rewards, num_params)
         self.servicer = LearnerServicer(self.model, self.stats, self.run_spec, self.metrics)
+        self._last_checkpoint = time.monotonic()
+        self._best_saved: float | None = None
+        self.metrics_server = None
+        self.frontends: FrontendPool | None = None
+        if config.frontends:
+            self._serve_through_frontends(config)
+        else:
+            self._serve_here(config)
+
+    def _serve_through_frontends(self, config: LearnerConfig) -> None:
+        try:
+            self._port_reservation = reserve_port(config.listen)
+        except OSError:
+            raise LearnerError(f"cannot listen on {config.listen} (address in use or not local)") from None
+        self.port = self._port_reservation.getsockname()[1]
+        self.server = None
+        spec = FrontSpec(config, f"{config.listen.rsplit(':', 1)[0]}:{self.port}", self.run_spec.SerializeToString(),
+                         list(self.model.layout), self.model.wire_dtype)
+        self.frontends = FrontendPool(spec, config.frontends, self.servicer, self.model, self.metrics)
+
+    def _serve_here(self, config: LearnerConfig) -> None:
         self.health = health.HealthServicer()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -95,9 +117,6 @@ class LearnerService:
             self.port = 0
         if not self.port:
             raise LearnerError(f"cannot listen on {config.listen} (address in use or not local)")
-        self._last_checkpoint = time.monotonic()
-        self._best_saved: float | None = None
-        self.metrics_server = None
 
     # --- checkpoints -------------------------------------------------------------------------------
 
@@ -140,21 +159,32 @@ class LearnerService:
     def start(self) -> None:
         """Serve at once, reporting NOT_SERVING until resumed from the newest valid checkpoint."""
         self.metrics_server, self.metrics_port = serve_metrics(self.registry, self.config.metrics_port)
-        self.server.start()
+        if self.frontends:
+            self.frontends.start()
+        else:
+            self.server.start()
         if not self.config.auth_token:
             log.warning("no --auth-token: any client that can reach port %d may push gradients", self.port)
         self.resumed_from = self._resume()
         self.metrics.param_version.set(self.model.version)
+        if self.frontends:
+            try:  # all of them before the first actor connects: a gRPC connection stays with one front
+                self.frontends.wait_bound(timeout=120)
+            except OSError as err:
+                raise LearnerError(str(err)) from None
         self.servicer.ready.set()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.frontends:
+            self.frontends.serving.set()
+        else:
+            for name in ("", SERVICE_NAME):
+                self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.resumed_from:
             log.info("resumed from %s at version %d (%d frames)", self.resumed_from, self.model.version,
                      self.stats.env_frames)
-        log.info("serving on %s (port %d), metrics on :%d/metrics: %s, %s model with %d parameters, "
-                 "optimizer %s lr %g", self.config.listen, self.port, self.metrics_port, self.config.env,
-                 self.model_spec.kind,
-                 self.model.num_params, self.config.optimizer, self.config.lr)
+        log.info("serving on %s (port %d%s), metrics on :%d/metrics: %s, %s model with %d parameters, "
+                 "optimizer %s lr %g", self.config.listen, self.port,
+                 f", {self.config.frontends} gRPC front processes" if self.frontends else "", self.metrics_port,
+                 self.config.env, self.model_spec.kind, self.model.num_params, self.config.optimizer, self.config.lr)
         if self.config.port_file:
             tmp = f"{self.config.port_file}.tmp"
             Path(tmp).write_text(str(self.port))
@@ -185,12 +215,20 @@ class LearnerService:
             if interval and time.monotonic() - self._last_checkpoint >= interval:
                 self.save_checkpoint()
 
+    def stop_serving(self, grace: float | None) -> None:
+        """Stop taking calls; those in flight get `grace` seconds."""
+        if self.frontends:
+            self.frontends.stop(grace)
+            self._port_reservation.close()
+        else:
+            self.health.enter_graceful_shutdown()
+            self.server.stop(grace=grace).wait()
+
     def shutdown(self) -> None:
         """Stop taking pushes, let calls in flight finish, write the final record and checkpoint."""
         with self.model.lock:  # after this, no push can apply: the final checkpoint holds every update
             self.servicer.ready.clear()
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace=2.0).wait()
+        self.stop_serving(grace=2.0)
         try:
             self.report()
         finally:  # whatever happens to the last report, the final checkpoint is written
@@ -207,7 +245,7 @@ def main(config: LearnerConfig) -> int:
     try:
         service.start()
     except BaseException:
-        service.server.stop(grace=None)
+        service.stop_serving(grace=None)
         if service.metrics_server is not None:
             service.metrics_server.shutdown()
         raise

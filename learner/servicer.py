@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from typing import Callable, Sequence, TypeVar
 
 import grpc
 import torch
 
 from a3c import codec
-from learner.global_model import GlobalModel
+from learner.global_model import GlobalModel, split_views
 from learner.metrics import LearnerMetrics
 from learner.stats import TrainingStats
 from proto import a3c_pb2 as pb
@@ -28,6 +29,7 @@ log = logging.getLogger("learner")
 NORM_TOLERANCE = 1.01
 _PARAMS_FIELD = pb.PushGradientsResponse.DESCRIPTOR.fields_by_name["params"].number
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Learner"].full_name
+T = TypeVar("T")
 
 
 class PushRefused(Exception):
@@ -35,6 +37,46 @@ class PushRefused(Exception):
         super().__init__(message)
         self.code = code
         self.reason = reason
+
+
+class GradientCheck:
+    """Decodes a pushed gradient into a flat float32 buffer (layout order) and checks all of it; refuses with
+    PushRefused saying what is wrong. Holds no state, so gRPC front processes run it too."""
+
+    def __init__(self, layout: Sequence[tuple[str, tuple[int, ...]]], max_grad_norm: float) -> None:
+        self.layout = list(layout)
+        self.num_params = sum(math.prod(shape) for _, shape in self.layout)
+        self.max_grad_norm = max_grad_norm
+        self.max_norm = max_grad_norm * NORM_TOLERANCE
+
+    def __call__(self, request: pb.PushGradientsRequest, into: torch.Tensor) -> float:
+        """Decode the request's gradient into `into` (flat, float32) and return its global L2 norm."""
+        if not request.actor_id:
+            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "no_actor_id", "actor_id is empty")
+        if request.env_frames < 0 or request.agent_steps < 0:
+            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "bad_counts", "frame counts must not be negative")
+        if not all(math.isfinite(r) for r in request.episode_returns):
+            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite", "an episode return is not finite")
+        try:
+            gradients = codec.decode_all(request.gradients, self.layout, into=split_views(into, self.layout))
+        except codec.CodecError as err:
+            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, err.reason, str(err)) from None
+        total = torch.linalg.vector_norm(into).item()
+        if not math.isfinite(total):  # NaN or Inf in some gradient, or a float32 overflow of a huge one
+            for (name, _), grad in zip(self.layout, gradients):
+                if not torch.isfinite(grad).all():
+                    raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite",
+                                      f"{name}: gradient has NaN or Inf")
+        if total > self.max_norm:
+            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "huge_norm",
+                              f"gradient norm {total:.4g} exceeds the clip norm {self.max_grad_norm:g}")
+        return total
+
+
+def push_reply(version: int, params: list[bytes] | None) -> bytes:
+    """A serialized PushGradientsResponse, with the parameters' serialized `Params` pieces when given."""
+    head = pb.PushGradientsResponse(version=version).SerializeToString()
+    return head if params is None else b"".join([head, *codec.embed(_PARAMS_FIELD, params)])
 
 
 class LearnerServicer(pb_grpc.LearnerServicer):
@@ -46,7 +88,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         self.metrics = metrics
         self._last_seq: dict[str, int] = {}
         self.ready = threading.Event()  # set once resumed; cleared again when shutting down
-        self.max_norm = run_spec.max_grad_norm * NORM_TOLERANCE
+        self.check = GradientCheck(model.layout, run_spec.max_grad_norm)
 
     def _require_ready(self, context: grpc.ServicerContext) -> None:
         if not self.ready.is_set():
@@ -58,31 +100,44 @@ class LearnerServicer(pb_grpc.LearnerServicer):
 
     def GetParams(self, request: pb.GetParamsRequest, context: grpc.ServicerContext) -> pb.Params | bytes:
         self._require_ready(context)
+        version, params = self.params_unless(request.have_version, self.model.params_pieces)
+        return pb.Params(version=version) if params is None else b"".join(params)
+
+    def params_unless(self, have_version: int, take: Callable[[], T]) -> tuple[int, T | None]:
+        """The current version, and `take()` of the parameters (under the lock) unless the caller has them."""
         with self.model.lock:
-            if request.have_version == self.model.version:
-                return pb.Params(version=self.model.version)
-            pieces = self.model.params_pieces()
-        return b"".join(pieces)
+            version = self.model.version
+            return version, None if have_version == version else take()
 
     def PushGradients(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
         try:
-            return self._push(request, context)
+            if not self.ready.is_set():
+                raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down",
+                                  "the learner is starting or stopping")
+            flat = torch.empty(self.model.num_params)  # each request its own: with --workers > 1 decodes overlap
+            gradient_norm = self.check(request, flat)
+            return push_reply(*self.commit(request, flat, gradient_norm, context.is_active,
+                                           self.model.params_pieces))
         except PushRefused as refused:
-            self.metrics.rejected.labels(refused.reason).inc()
-            log.debug("refused push from %s: %s", request.actor_id, refused)
+            self.refused(request, refused)
             context.abort(refused.code, f"{refused.reason}: {refused}")
 
-    def _push(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
-        if not self.ready.is_set():
-            raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", "the learner is starting or stopping")
-        gradients, gradient_norm = self._check_gradients(request)
+    def refused(self, request: pb.PushGradientsRequest, refused: PushRefused) -> None:
+        self.metrics.refused(refused.reason)
+        log.debug("refused push from %s: %s", request.actor_id, refused)
+
+    def commit(self, request: pb.PushGradientsRequest, gradient: torch.Tensor, gradient_norm: float,
+               still_wanted: Callable[[], bool], take_params: Callable[[], T]) -> tuple[int, T | None]:
+        """Apply a checked gradient (flat, layout order) unless the push is a replay, stale or from the future;
+        returns the new version and, when the push asks for them, `take_params()` of the parameters at exactly
+        that version. Raises PushRefused, leaving everything untouched. The request's gradients are not read."""
         self.stats.heard_from(request.actor_id)
         with self.model.lock:
             # Checked again under the lock: shutdown clears `ready` under it before the final checkpoint, and
             # a caller whose deadline passed while waiting has dropped its rollout, so nothing may count it.
             if not self.ready.is_set():
                 raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", "the learner is stopping")
-            if not context.is_active():
+            if not still_wanted():
                 raise PushRefused(grpc.StatusCode.CANCELLED, "cancelled", "the caller gave up waiting")
             version = self.model.version
             if request.seq <= self._last_seq.get(request.actor_id, 0):
@@ -102,39 +157,14 @@ class LearnerServicer(pb_grpc.LearnerServicer):
                                       request.episode_returns)
             self.metrics.staleness.observe(staleness)
             with self.metrics.apply_seconds.time():
-                new_version = self.model.apply(gradients)
+                new_version = self.model.apply(gradient)
             self.metrics.param_version.set(new_version)
             # Inside the lock, so no checkpoint or progress record sees the version without its update.
             loss = request.loss
             self.stats.record_update(loss.policy_loss, loss.value_loss, loss.entropy, loss.grad_norm)
-            params = self.model.params_pieces() if request.want_params else None
+            params = take_params() if request.want_params else None
         self.metrics.gradient_norm.observe(gradient_norm)
-        head = pb.PushGradientsResponse(version=new_version).SerializeToString()
-        return head if params is None else b"".join([head, *codec.embed(_PARAMS_FIELD, params)])
-
-    def _check_gradients(self, request: pb.PushGradientsRequest) -> tuple[torch.Tensor, float]:
-        """The decoded gradient (flat, in layout order) and its global L2 norm, or PushRefused saying what is wrong."""
-        if not request.actor_id:
-            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "no_actor_id", "actor_id is empty")
-        if request.env_frames < 0 or request.agent_steps < 0:
-            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "bad_counts", "frame counts must not be negative")
-        if not all(math.isfinite(r) for r in request.episode_returns):
-            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite", "an episode return is not finite")
-        flat = torch.empty(self.model.num_params)  # each request its own: with --workers > 1 decodes overlap
-        try:
-            gradients = codec.decode_all(request.gradients, self.model.layout, into=self.model.views(flat))
-        except codec.CodecError as err:
-            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, err.reason, str(err)) from None
-        total = torch.linalg.vector_norm(flat).item()
-        if not math.isfinite(total):  # NaN or Inf in some gradient, or a float32 overflow of a huge one
-            for (name, _), grad in zip(self.model.layout, gradients):
-                if not torch.isfinite(grad).all():
-                    raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite",
-                                      f"{name}: gradient has NaN or Inf")
-        if total > self.max_norm:
-            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "huge_norm",
-                              f"gradient norm {total:.4g} exceeds the clip norm {self.run_spec.max_grad_norm:g}")
-        return flat, total
+        return new_version, params
 
 
 def _serialize(response: object) -> bytes:

@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 
 import grpc
 import pytest
@@ -29,7 +30,7 @@ def start_learner(tmp_path):
 
     yield start
     for service in services:
-        service.server.stop(grace=None)
+        service.stop_serving(grace=None)
         service.metrics_server.shutdown()
 
 
@@ -46,10 +47,20 @@ def stub(learner):
 
 
 def rejections(learner: LearnerService) -> dict[str, float]:
-    """The learner's refused pushes by reason, as its metrics report them (only the non-zero ones)."""
-    counts = {reason: learner.registry.get_sample_value("a3c_learner_gradients_rejected_total",
-                                                        {"reason": reason}) for reason in REJECT_REASONS}
-    return {reason: count for reason, count in counts.items() if count}
+    """The learner's refused pushes by reason, as its metrics report them (only the non-zero ones). Front
+    processes report their refusals through a pipe, so with --frontends the counts are read once they settle."""
+    def read() -> dict[str, float]:
+        counts = {reason: learner.registry.get_sample_value("a3c_learner_gradients_rejected_total",
+                                                            {"reason": reason}) for reason in REJECT_REASONS}
+        return {reason: count for reason, count in counts.items() if count}
+
+    counts = read()
+    while learner.frontends:
+        time.sleep(0.2)
+        counts, before = read(), counts
+        if counts == before:
+            break
+    return counts
 
 
 def run_a3c(*args: str, timeout: float = 120, env: dict | None = None, cwd=None):

@@ -24,4 +24,7 @@ def test_benchmark_quick_run_reports_every_figure(tmp_path):
     assert run["latency_ms"]["PushGradients_p50_ms"] > 0
     assert report["peer"]["frames_per_second"] > 0, report["peer"]
     assert report["learner_capacity"]["updates_per_second"] > 0
+    fronted = report["learner_capacity_frontends"]
+    assert fronted["updates_per_second"] > 0 and fronted["fronts_cpu_ms_per_update"] > 0
+    assert "(gRPC in front processes)" in result.stdout
     assert "| a3c train, 1 actor(s) |" in result.stdout

@@ -19,6 +19,12 @@ from proto import a3c_pb2_grpc as pb_grpc
 from tests.conftest import rejections
 
 
+@pytest.fixture(params=[0, 2], ids=["served-alone", "2-frontends"])
+def learner(request, start_learner):
+    """Every test here runs against a learner serving gRPC itself and one serving through 2 front processes."""
+    return start_learner(frontends=request.param)
+
+
 def test_actor_client_pull_push_pull(learner):
     client = LearnerClient(f"127.0.0.1:{learner.port}", "it-actor", rpc_timeout=10,
                            metrics=ActorMetrics(new_registry()))
@@ -140,8 +146,9 @@ def test_replayed_push_is_applied_once(learner, stub):
     assert rejections(learner) == {"duplicate": 1}
 
 
-def test_too_stale_push_is_refused(start_learner):
-    learner = start_learner(max_staleness=2)
+@pytest.mark.parametrize("frontends", [0, 2])
+def test_too_stale_push_is_refused(start_learner, frontends):
+    learner = start_learner(max_staleness=2, frontends=frontends)
     with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
         stub = pb_grpc.LearnerStub(channel)
         for seq in range(1, 4):
@@ -164,8 +171,9 @@ def test_gradient_from_the_wire_in_float16_is_accepted(learner, stub):
     assert np.isfinite(learner.model.params[0].detach().numpy()).all()
 
 
-def test_int8_wire_pulls_and_pushes_quantized_tensors(start_learner):
-    learner = start_learner(wire_dtype="int8")
+@pytest.mark.parametrize("frontends", [0, 2])
+def test_int8_wire_pulls_and_pushes_quantized_tensors(start_learner, frontends):
+    learner = start_learner(wire_dtype="int8", frontends=frontends)
     client = LearnerClient(f"127.0.0.1:{learner.port}", "q-actor", rpc_timeout=10, metrics=ActorMetrics(new_registry()))
     spec = client.connect(timeout=10)
     assert spec.wire_dtype == pb.INT8

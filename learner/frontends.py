@@ -1,0 +1,378 @@
+"""gRPC served by several processes in front of the learner's model (`--frontends N`).
+
+One Python process serving gRPC is held to about one core by the GIL, and under load most of a push's cost is
+not the model's: receiving, parsing and checking the gradient, and encoding and sending the reply. With
+`--frontends N`, N processes share the learner's port (SO_REUSEPORT: the kernel spreads connections among them).
+Each front checks and decodes a push into a shared-memory buffer and encodes the reply; the learner's own process
+only accounts for the push and applies it under its lock (`LearnerServicer.commit`, the same rules as when it
+serves alone), then copies the new parameters into shared memory for the reply.
+
+A front that dies is started again with fresh buffers (its last push may still be in the learner's hands); a
+front whose learner is gone exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import torch
+import torch.multiprocessing
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from a3c.config import LearnerConfig
+from a3c.memory import keep_freed_memory
+from a3c.wire import channel_options
+from learner.auth import TokenAuthInterceptor
+from learner.global_model import GlobalModel, Layout, encode_params
+from learner.metrics import LearnerMetrics, RpcMetricsInterceptor
+from learner.servicer import SERVICE_NAME, GradientCheck, LearnerServicer, PushRefused, add_to_server, push_reply
+from proto import a3c_pb2 as pb
+from proto import a3c_pb2_grpc as pb_grpc
+
+log = logging.getLogger("learner")
+_STARTING = "the learner is starting or stopping"
+
+
+def reserve_port(listen: str) -> socket.socket:
+    """A socket bound to `listen` (port 0: a free port) that fronts can share but other programs cannot; it never
+    listens, so it takes no connections. Raises OSError when the address is taken or not local."""
+    host, port = listen.rsplit(":", 1)
+    family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    if int(port):  # a listener elsewhere on this port would share it with the fronts: refuse instead
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    reservation = socket.socket(family, kind, proto)
+    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reservation.bind(address)
+    return reservation
+
+
+@dataclass(frozen=True)
+class FrontSpec:
+    """What a front process needs to serve: everything but the model."""
+
+    config: LearnerConfig
+    address: str
+    run_spec: bytes
+    layout: list[tuple[str, tuple[int, ...]]]
+    wire_dtype: torch.dtype
+
+
+@dataclass
+class _Slot:
+    """One call in flight between a front and the learner: its pipe end and two shared flat float32 buffers."""
+
+    conn: Connection
+    gradient: torch.Tensor  # written by the front, read by the learner while applying
+    params: torch.Tensor    # written by the learner under its lock, read by the front for the reply
+
+
+class _Front:
+    def __init__(self, process: torch.multiprocessing.Process, slots: list[_Slot], events: Connection) -> None:
+        self.process, self.slots, self.events = process, slots, events
+        self.bound = threading.Event()
+
+    def close(self) -> None:
+        for conn in [slot.conn for slot in self.slots] + [self.events]:
+            conn.close()
+
+
+class FrontendPool:
+    """The learner's side: starts the fronts, answers their calls with the servicer, restarts the ones that die."""
+
+    def __init__(self, spec: FrontSpec, count: int, servicer: LearnerServicer, model: GlobalModel,
+                 metrics: LearnerMetrics) -> None:
+        self.spec, self.count = spec, count
+        self.servicer, self.model, self.metrics = servicer, model, metrics
+        self._context = torch.multiprocessing.get_context("spawn")  # no gRPC or torch threads inherited
+        self.serving = self._context.Event()
+        self._fronts: list[_Front] = []
+        self._stopping = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="frontend-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._fronts = [self._spawn(index) for index in range(self.count)]
+        self._watcher.start()
+
+    def wait_bound(self, timeout: float) -> None:
+        """Until every front listens; OSError if one exits first or the time runs out."""
+        deadline = time.monotonic() + timeout
+        for index, front in enumerate(self._fronts):
+            while not front.bound.wait(0.1):
+                if not front.process.is_alive() or time.monotonic() > deadline:
+                    raise OSError(f"gRPC front {index} could not listen on {self.spec.address}")
+
+    def stop(self, grace: float | None) -> None:
+        """Stop the fronts; calls in flight get `grace` seconds to finish."""
+        self.serving.clear()
+        self._stopping.set()
+        if self._watcher.is_alive():
+            self._watcher.join()
+        for front in self._fronts:
+            if front.process.is_alive():
+                front.process.terminate()  # SIGTERM: the front stops taking calls and finishes its own
+        for front in self._fronts:
+            front.process.join((grace or 0) + 5)
+            if front.process.is_alive():
+                front.process.kill()
+                front.process.join()
+            front.close()
+
+    def _spawn(self, index: int) -> _Front:
+        num_params = self.model.num_params
+        here, there = [], []
+        for _ in range(self.spec.config.workers):
+            gradient, params = torch.empty(num_params).share_memory_(), torch.empty(num_params).share_memory_()
+            mine, theirs = self._context.Pipe()
+            here.append(_Slot(mine, gradient, params))
+            there.append(_Slot(theirs, gradient, params))
+        events, events_end = self._context.Pipe(duplex=False)
+        process = self._context.Process(target=serve_front, name=f"a3c-frontend-{index}", daemon=True,
+                                        args=(self.spec, there, events_end, self.serving, os.getpid()))
+        process.start()
+        for slot in there:  # closed here, so that the learner's ends read EOF once the front is gone
+            slot.conn.close()
+        events_end.close()
+        front = _Front(process, here, events)
+        for slot in here:
+            threading.Thread(target=self._answer, args=(slot,), name=f"frontend-{index}", daemon=True).start()
+        threading.Thread(target=self._drain, args=(front,), name=f"frontend-{index}-events", daemon=True).start()
+        return front
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.5):
+            for index, front in enumerate(self._fronts):
+                if not front.process.is_alive() and not self._stopping.is_set():
+                    log.error("gRPC front %d exited with code %s; starting it again", index, front.process.exitcode)
+                    self.metrics.frontend_restarts.inc()
+                    front.close()
+                    self._fronts[index] = self._spawn(index)
+
+    def _drain(self, front: _Front) -> None:
+        """Counts what the front reports: refusals it made itself and every RPC it finished."""
+        while True:
+            try:
+                kind, *args = front.events.recv()
+            except (EOFError, OSError):
+                return
+            if kind == "bound":
+                front.bound.set()
+            elif kind == "refused":
+                self.metrics.refused(*args)
+            elif kind == "rpc":
+                self.metrics.rpc_done(*args)
+
+    def _answer(self, slot: _Slot) -> None:
+        def take_params() -> bool:
+            slot.params.copy_(self.model.flat.detach())
+            return True
+
+        while True:
+            try:
+                message = slot.conn.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                reply = self._handle(message, slot, take_params)
+            except Exception:  # a bug, not the caller's fault: the caller gets INTERNAL and the learner goes on
+                log.exception("answering a gRPC front failed")
+                reply = ("refused", "INTERNAL", "internal", "the learner failed to handle the call")
+            try:
+                slot.conn.send(reply)
+            except OSError:
+                return
+
+    def _handle(self, message: tuple, slot: _Slot, take_params) -> tuple:
+        kind = message[0]
+        if kind == "push":
+            _, summary, gradient_norm, deadline = message
+            request = pb.PushGradientsRequest.FromString(summary)
+            try:
+                version, params = self.servicer.commit(
+                    request, slot.gradient, gradient_norm,
+                    lambda: deadline is None or time.monotonic() < deadline, take_params)
+            except PushRefused as refused:
+                self.servicer.refused(request, refused)
+                return "refused", refused.code.name, refused.reason, str(refused)
+            return "ok", version, params is not None
+        if not self.servicer.ready.is_set():
+            return "refused", "UNAVAILABLE", "shutting_down", _STARTING
+        version, params = self.servicer.params_unless(message[1], take_params)
+        return "ok", version, params is not None
+
+
+# --- the front process ---------------------------------------------------------------------------------------
+
+
+class _LearnerLink:
+    """A front's report of refusals and finished RPCs to the learner's metrics (RpcEvents), from any thread."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn, self._lock = conn, threading.Lock()
+
+    def send(self, *event: object) -> None:
+        with self._lock:
+            with contextlib.suppress(OSError):  # the learner is gone: this front is about to exit anyway
+                self._conn.send(event)
+
+    def refused(self, reason: str) -> None:
+        self.send("refused", reason)
+
+    def rpc_done(self, method: str, code: str, seconds: float) -> None:
+        self.send("rpc", method, code, seconds)
+
+
+class FrontServicer(pb_grpc.LearnerServicer):
+    """The Learner service in a front process: checks and decodes here, accounts and applies in the learner."""
+
+    def __init__(self, spec: FrontSpec, slots: list[_Slot], serving, link: _LearnerLink) -> None:
+        self.run_spec = pb.RunSpec.FromString(spec.run_spec)
+        self.layout: Layout = spec.layout
+        self.wire_dtype = spec.wire_dtype
+        self.check = GradientCheck(spec.layout, self.run_spec.max_grad_norm)
+        self.serving, self.link = serving, link
+        self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+        for slot in slots:
+            self._free.put(slot)
+
+    @contextlib.contextmanager
+    def _slot(self) -> Iterator[_Slot]:
+        slot = self._free.get()
+        try:
+            yield slot
+        finally:
+            self._free.put(slot)
+
+    def _ask(self, slot: _Slot, context: grpc.ServicerContext, *message: object) -> tuple[int, bool]:
+        """The learner's answer (version, whether the slot holds fresh parameters), or the call aborted."""
+        try:
+            slot.conn.send(message)
+            reply = slot.conn.recv()
+        except (EOFError, OSError):
+            context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is gone")
+        if reply[0] == "refused":  # the learner counted it
+            _, code, reason, text = reply
+            context.abort(grpc.StatusCode[code], f"{reason}: {text}")
+        return reply[1], reply[2]
+
+    def _params(self, version: int, slot: _Slot) -> list[bytes]:
+        return encode_params(version, slot.params, self.layout, self.wire_dtype)
+
+    def GetRunSpec(self, request: pb.GetRunSpecRequest, context: grpc.ServicerContext) -> pb.RunSpec:
+        if not self.serving.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, _STARTING)
+        return self.run_spec
+
+    def GetParams(self, request: pb.GetParamsRequest, context: grpc.ServicerContext) -> pb.Params | bytes:
+        if not self.serving.is_set():
+            context.abort(grpc.StatusCode.UNAVAILABLE, _STARTING)
+        with self._slot() as slot:
+            version, fresh = self._ask(slot, context, "params", request.have_version)
+            return b"".join(self._params(version, slot)) if fresh else pb.Params(version=version)
+
+    def PushGradients(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
+        with self._slot() as slot:
+            try:
+                if not self.serving.is_set():
+                    raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", _STARTING)
+                gradient_norm = self.check(request, slot.gradient)
+            except PushRefused as refused:
+                self.link.refused(refused.reason)
+                context.abort(refused.code, f"{refused.reason}: {refused}")
+            remaining = context.time_remaining()
+            summary = pb.PushGradientsRequest(
+                actor_id=request.actor_id, seq=request.seq, base_version=request.base_version,
+                env_frames=request.env_frames, agent_steps=request.agent_steps,
+                episode_returns=request.episode_returns, loss=request.loss, want_params=request.want_params)
+            version, fresh = self._ask(slot, context, "push", summary.SerializeToString(), gradient_norm,
+                                       None if remaining is None else time.monotonic() + remaining)
+            return push_reply(version, self._params(version, slot) if fresh else None)
+
+
+class _FollowingHealth(health.HealthServicer):
+    """Health checks answered from the learner's readiness at the moment of the call (watchers are told by the
+    front's loop)."""
+
+    def __init__(self, serving) -> None:
+        super().__init__()
+        self._serving = serving
+
+    def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext):
+        if request.service not in ("", SERVICE_NAME):
+            return super().Check(request, context)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if self._serving.is_set()
+                                              else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def _exit_with_parent(parent: int, stop: threading.Event) -> None:
+    while True:
+        if os.getppid() != parent:  # the learner died, perhaps even before this process got going
+            log.error("the learner is gone; this gRPC front stops")
+            stop.set()
+        if stop.wait(1.0):
+            return
+
+
+def serve_front(spec: FrontSpec, slots: list[_Slot], events: Connection, serving, parent: int) -> None:
+    """A front process: serve gRPC on the learner's port until SIGTERM or until the learner is gone."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(name)-7s %(message)s",
+                        datefmt="%H:%M:%S")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the learner stops its fronts
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    threading.Thread(target=_exit_with_parent, args=(parent, stop), daemon=True).start()
+    torch.set_num_threads(1)
+    if spec.config.keep_freed_memory:
+        keep_freed_memory()
+    config, link = spec.config, _LearnerLink(events)
+    servicer = FrontServicer(spec, slots, serving, link)
+    interceptors = [RpcMetricsInterceptor(link)]
+    if config.auth_token:
+        interceptors.append(TokenAuthInterceptor(config.auth_token, link))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=len(slots)), interceptors=interceptors,
+                         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+                         options=channel_options(servicer.run_spec.max_message_bytes) + [("grpc.so_reuseport", 1)])
+    add_to_server(servicer, server)
+    health_servicer = _FollowingHealth(serving)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        if config.tls_cert:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
+            port = server.add_secure_port(spec.address, credentials)
+        else:
+            port = server.add_insecure_port(spec.address)
+    except RuntimeError:
+        port = 0
+    if not port:
+        log.error("a gRPC front cannot listen on %s", spec.address)
+        sys.exit(1)
+    server.start()
+    link.send("bound")
+    status = None
+    while not stop.is_set():  # the health service follows the learner's readiness
+        now = health_pb2.HealthCheckResponse.SERVING if serving.is_set() else \
+            health_pb2.HealthCheckResponse.NOT_SERVING
+        if now != status:
+            for name in ("", SERVICE_NAME):
+                health_servicer.set(name, now)
+            status = now
+        stop.wait(0.2)
+    health_servicer.enter_graceful_shutdown()
+    server.stop(grace=2.0).wait()

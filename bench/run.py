@@ -4,7 +4,8 @@
 2. end to end: `a3c train` with 1, 2, 4 and 8 actors as real processes over gRPC, and its ratio to the ceiling
 3. peer: Stable-Baselines3 A2C on the same env, and our ratio to it
 4. wire: share of actor time in RPCs, bytes per agent step, p50/p99 of each RPC (from the actors' metrics)
-5. learner capacity: synthetic pushers against one learner, updates/s and the frames/s that equals
+5. learner capacity: synthetic pushers against one learner, updates/s and the frames/s that equals; again with
+   its gRPC served by front processes (--frontends), with the CPU per update of the learner's process and fronts
 6. memory: peak resident memory of learner and actor
 
 Throughputs are medians of repeated windows. Results go to a JSON file and a Markdown table.

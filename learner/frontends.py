@@ -22,24 +22,21 @@ import socket
 import sys
 import threading
 import time
-from concurrent import futures
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 import torch
 import torch.multiprocessing
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from a3c.config import LearnerConfig
 from a3c.memory import keep_freed_memory
-from a3c.wire import channel_options
-from learner.auth import TokenAuthInterceptor
 from learner.global_model import GlobalModel, Layout, encode_params
-from learner.metrics import LearnerMetrics, RpcMetricsInterceptor
-from learner.servicer import SERVICE_NAME, GradientCheck, LearnerServicer, PushRefused, add_to_server, push_reply
+from learner.grpc_server import bound_server
+from learner.metrics import LearnerMetrics
+from learner.servicer import SERVICE_NAME, GradientCheck, LearnerServicer, PushRefused, push_reply
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
@@ -198,7 +195,7 @@ class FrontendPool:
             except OSError:
                 return
 
-    def _handle(self, message: tuple, slot: _Slot, take_params) -> tuple:
+    def _handle(self, message: tuple, slot: _Slot, take_params: Callable[[], bool]) -> tuple:
         kind = message[0]
         if kind == "push":
             _, summary, gradient_norm, deadline = message
@@ -342,24 +339,9 @@ def serve_front(spec: FrontSpec, slots: list[_Slot], events: Connection, serving
         keep_freed_memory()
     config, link = spec.config, _LearnerLink(events)
     servicer = FrontServicer(spec, slots, serving, link)
-    interceptors = [RpcMetricsInterceptor(link)]
-    if config.auth_token:
-        interceptors.append(TokenAuthInterceptor(config.auth_token, link))
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=len(slots)), interceptors=interceptors,
-                         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-                         options=channel_options(servicer.run_spec.max_message_bytes) + [("grpc.so_reuseport", 1)])
-    add_to_server(servicer, server)
     health_servicer = _FollowingHealth(serving)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    try:
-        if config.tls_cert:
-            credentials = grpc.ssl_server_credentials(
-                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
-            port = server.add_secure_port(spec.address, credentials)
-        else:
-            port = server.add_insecure_port(spec.address)
-    except RuntimeError:
-        port = 0
+    server, port = bound_server(config, servicer, health_servicer, link, servicer.run_spec.max_message_bytes,
+                                spec.address, share_port=True)
     if not port:
         log.error("a gRPC front cannot listen on %s", spec.address)
         sys.exit(1)

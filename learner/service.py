@@ -9,13 +9,11 @@ import os
 import signal
 import threading
 import time
-from concurrent import futures
 from dataclasses import asdict
 from pathlib import Path
 
-import grpc
 import torch
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 
 from a3c import checkpoints, codec
 from a3c.config import LearnerConfig
@@ -24,12 +22,12 @@ from a3c.errors import UserFacingError
 from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import ModelSpec
-from a3c.wire import channel_options, message_limit
-from learner.auth import TokenAuthInterceptor
+from a3c.wire import message_limit
 from learner.frontends import FrontendPool, FrontSpec, reserve_port
 from learner.global_model import GlobalModel
-from learner.metrics import LearnerMetrics, RpcMetricsInterceptor
-from learner.servicer import SERVICE_NAME, LearnerServicer, add_to_server
+from learner.grpc_server import bound_server
+from learner.metrics import LearnerMetrics
+from learner.servicer import SERVICE_NAME, LearnerServicer
 from learner.stats import TrainingStats, format_progress
 from proto import a3c_pb2 as pb
 
@@ -96,25 +94,8 @@ class LearnerService:
         self.health = health.HealthServicer()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        interceptors = [RpcMetricsInterceptor(self.metrics)]
-        if config.auth_token:
-            interceptors.append(TokenAuthInterceptor(config.auth_token, self.metrics))
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers),
-                                  interceptors=interceptors, maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-                                  # Without so_reuseport 0, a second learner on a taken port would share it.
-                                  options=channel_options(self.run_spec.max_message_bytes)
-                                  + [("grpc.so_reuseport", 0)])
-        add_to_server(self.servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        try:
-            if config.tls_cert:
-                credentials = grpc.ssl_server_credentials(
-                    [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())])
-                self.port = self.server.add_secure_port(config.listen, credentials)
-            else:
-                self.port = self.server.add_insecure_port(config.listen)
-        except RuntimeError:
-            self.port = 0
+        self.server, self.port = bound_server(config, self.servicer, self.health, self.metrics,
+                                              self.run_spec.max_message_bytes, config.listen, share_port=False)
         if not self.port:
             raise LearnerError(f"cannot listen on {config.listen} (address in use or not local)")
 

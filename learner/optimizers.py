@@ -6,6 +6,11 @@ from typing import Iterable
 
 import torch
 
+try:  # the one-pass step in C (learner/_rmsprop.c), built when the package is installed with a C compiler
+    from learner import _rmsprop
+except ImportError:
+    _rmsprop = None
+
 
 class TFStyleRMSprop(torch.optim.Optimizer):
     """RMSProp as TensorFlow computes it, and with it the A3C paper and the OpenAI baselines A2C:
@@ -33,12 +38,32 @@ class TFStyleRMSprop(torch.optim.Optimizer):
                 if "square_avg" not in state:
                     state["square_avg"] = torch.ones_like(param, memory_format=torch.preserve_format)
                 averages.append(state["square_avg"])
-            torch._foreach_mul_(averages, group["alpha"])
-            torch._foreach_addcmul_(averages, grads, grads, value=1 - group["alpha"])
-            # Multiplying by rsqrt costs less than dividing by sqrt (1.45 against 1.68 ms on the Pong network, flat).
-            inverse_roots = torch._foreach_add(averages, group["eps"])
-            torch._foreach_rsqrt_(inverse_roots)
-            torch._foreach_addcmul_(params, grads, inverse_roots, value=-group["lr"])
+            lr, alpha, eps = group["lr"], group["alpha"], group["eps"]
+            rest = []
+            for param, grad, average in zip(params, grads, averages):
+                if _fits_fused_step(param, grad, average):  # the learner's flat buffer: one pass in C
+                    _rmsprop.step(param.detach().numpy(), average.numpy(), grad.numpy(), lr, alpha, eps)
+                else:
+                    rest.append((param, grad, average))
+            if rest:
+                params, grads, averages = (list(column) for column in zip(*rest))
+                torch._foreach_mul_(averages, alpha)
+                torch._foreach_addcmul_(averages, grads, grads, value=1 - alpha)
+                # Multiplying by rsqrt costs less than dividing by sqrt (1.45 against 1.68 ms on the Pong network,
+                # flat).
+                inverse_roots = torch._foreach_add(averages, eps)
+                torch._foreach_rsqrt_(inverse_roots)
+                torch._foreach_addcmul_(params, grads, inverse_roots, value=-lr)
+
+
+def fused_step_available() -> bool:
+    return _rmsprop is not None
+
+
+def _fits_fused_step(param: torch.Tensor, grad: torch.Tensor, average: torch.Tensor) -> bool:
+    """The C step takes float32 CPU buffers laid out alike: the learner's one flat parameter always is."""
+    return (_rmsprop is not None and all(t.dtype == torch.float32 and t.device.type == "cpu" and t.is_contiguous()
+                                         and t.shape == param.shape for t in (param, grad, average)))
 
 
 def make_optimizer(name: str, params: Iterable[torch.Tensor], lr: float, rmsprop_alpha: float,

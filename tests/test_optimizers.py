@@ -1,10 +1,13 @@
 """The learner's default RMSProp computes what TensorFlow's did for the A3C and A2C reference results."""
 
 import copy
+import os
 
+import pytest
 import torch
 
 from a3c.model import ModelSpec, build_model
+from learner import optimizers
 from learner.optimizers import TFStyleRMSprop, make_optimizer
 
 LR, ALPHA, EPS = 7e-4, 0.99, 1e-5
@@ -61,3 +64,37 @@ def test_state_saved_mid_run_resumes_to_the_same_weights():
             weight.grad = grads[0].clone()
             optimizer.step()
     assert torch.equal(weights[0].detach(), weights[1].detach())
+
+
+def test_the_learner_takes_the_one_pass_step_in_c_where_it_was_built():
+    # `make test` builds it (the machines have a C compiler); a user without one gets torch's passes instead.
+    if os.environ.get("CI"):
+        assert optimizers.fused_step_available(), "learner/_rmsprop.c was not built"
+    elif not optimizers.fused_step_available():
+        pytest.skip("learner/_rmsprop.c is not built here (no C compiler at install time)")
+    torch.manual_seed(0)
+    fused = torch.nn.Parameter(torch.randn(100_000))
+    plain = torch.nn.Parameter(fused.detach().clone())
+    by_c, by_torch = TFStyleRMSprop([fused], LR, ALPHA, EPS), TFStyleRMSprop([plain], LR, ALPHA, EPS)
+    built = optimizers._rmsprop
+    try:
+        for _ in range(20):  # gradients from 1e-8 to 0.1, and exact zeros (dead units)
+            grad = torch.randn(100_000) * 10 ** torch.empty(100_000).uniform_(-8, -1) * (torch.rand(100_000) > 0.1)
+            fused.grad, plain.grad = grad.clone(), grad.clone()
+            optimizers._rmsprop = built
+            by_c.step()
+            optimizers._rmsprop = None
+            by_torch.step()
+    finally:
+        optimizers._rmsprop = built
+    torch.testing.assert_close(fused.detach(), plain.detach(), rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(by_c.state[fused]["square_avg"], by_torch.state[plain]["square_avg"], rtol=1e-5,
+                               atol=0)
+    assert not torch.equal(fused.detach(), torch.zeros(1)) and torch.isfinite(fused).all()
+
+
+def test_the_one_pass_step_refuses_buffers_of_different_sizes():
+    if not optimizers.fused_step_available():
+        pytest.skip("learner/_rmsprop.c is not built here")
+    with pytest.raises(ValueError, match="one size"):
+        optimizers._rmsprop.step(torch.zeros(4).numpy(), torch.ones(3).numpy(), torch.zeros(4).numpy(), LR, ALPHA, EPS)

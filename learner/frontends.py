@@ -14,6 +14,8 @@ front whose learner is gone exits.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import itertools
 import logging
 import os
 import queue
@@ -36,7 +38,8 @@ from a3c.memory import keep_freed_memory
 from learner.global_model import GlobalModel, Layout, encode_params
 from learner.grpc_server import bound_server
 from learner.metrics import LearnerMetrics
-from learner.servicer import SERVICE_NAME, GradientCheck, LearnerServicer, PushRefused, push_reply
+from learner.servicer import (SERVICE_NAME, GradientCheck, LearnerServicer, PushRefused, before, deadline_of,
+                              push_reply)
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
@@ -44,20 +47,32 @@ log = logging.getLogger("learner")
 _STARTING = "the learner is starting or stopping"
 
 
-def reserve_port(listen: str) -> socket.socket:
-    """A socket bound to `listen` (port 0: a free port) that fronts can share but other programs cannot; it never
-    listens, so it takes no connections. Raises OSError when the address is taken or not local."""
+def reserve_port(listen: str) -> list[socket.socket]:
+    """Sockets bound to every address of `listen` (port 0: a free port), which fronts can share but other
+    programs cannot; they never listen, so they take no connections. Raises OSError when an address is taken or
+    not local."""
     host, port = listen.rsplit(":", 1)
-    family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM,
-                                                         flags=socket.AI_PASSIVE)[0]
-    if int(port):  # a listener elsewhere on this port would share it with the fronts: refuse instead
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-    reservation = socket.socket(family, kind, proto)
-    reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    reservation.bind(address)
-    return reservation
+    reservations: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(host.strip("[]") or None, int(port),
+                                                                  type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            address = (address[0], int(port)) + tuple(address[2:])
+            if int(port):  # a listener elsewhere on this port would share it with the fronts: refuse instead
+                with socket.socket(family, kind, proto) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    probe.bind(address)
+            reservation = socket.socket(family, kind, proto)
+            reservations.append(reservation)
+            reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:  # as gRPC binds [::], both stacks; other v6 addresses alone
+                reservation.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(address[0] != "::"))
+            reservation.bind(address)
+            port = str(reservation.getsockname()[1])  # port 0: the others get the one the first was given
+    except OSError:
+        for reservation in reservations:
+            reservation.close()
+        raise
+    return reservations
 
 
 @dataclass(frozen=True)
@@ -73,16 +88,23 @@ class FrontSpec:
 
 @dataclass
 class _Slot:
-    """One call in flight between a front and the learner: its pipe end and two shared flat float32 buffers."""
+    """One call in flight between a front and the learner: its pipe end, two shared flat float32 buffers and two
+    shared counters (plain shared memory, no locks: a process killed while touching them leaves no lock held)."""
 
     conn: Connection
     gradient: torch.Tensor  # written by the front, read by the learner while applying
     params: torch.Tensor    # written by the learner under its lock, read by the front for the reply
+    call: ctypes.c_long       # the number of the front's call now using this slot
+    cancelled: ctypes.c_long  # the number of the last call that ended (a cancel, or a caller gone)
+
+    def still_wanted(self) -> bool:
+        return self.cancelled.value != self.call.value
 
 
 class _Front:
-    def __init__(self, process: torch.multiprocessing.Process, slots: list[_Slot], events: Connection) -> None:
-        self.process, self.slots, self.events = process, slots, events
+    def __init__(self, process: torch.multiprocessing.Process, slots: list[_Slot], events: Connection,
+                 started: float) -> None:
+        self.process, self.slots, self.events, self.started = process, slots, events, started
         self.bound = threading.Event()
 
     def close(self) -> None:
@@ -98,26 +120,31 @@ class FrontendPool:
         self.spec, self.count = spec, count
         self.servicer, self.model, self.metrics = servicer, model, metrics
         self._context = torch.multiprocessing.get_context("spawn")  # no gRPC or torch threads inherited
-        self.serving = self._context.Event()
+        # Read by the fronts on every call. A multiprocessing.Event takes a lock even to read, and a front killed
+        # while holding it would stop all the others: a plain shared byte, written only here, instead.
+        self._serving = self._context.RawValue(ctypes.c_bool, False)
         self._fronts: list[_Front] = []
         self._stopping = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="frontend-watcher", daemon=True)
 
+    def set_serving(self, serving: bool) -> None:
+        self._serving.value = serving
+
     def start(self) -> None:
         self._fronts = [self._spawn(index) for index in range(self.count)]
-        self._watcher.start()
 
     def wait_bound(self, timeout: float) -> None:
-        """Until every front listens; OSError if one exits first or the time runs out."""
+        """Until every front listens, then watch them; OSError if one exits first or the time runs out."""
         deadline = time.monotonic() + timeout
         for index, front in enumerate(self._fronts):
             while not front.bound.wait(0.1):
                 if not front.process.is_alive() or time.monotonic() > deadline:
                     raise OSError(f"gRPC front {index} could not listen on {self.spec.address}")
+        self._watcher.start()
 
     def stop(self, grace: float | None) -> None:
         """Stop the fronts; calls in flight get `grace` seconds to finish."""
-        self.serving.clear()
+        self.set_serving(False)
         self._stopping.set()
         if self._watcher.is_alive():
             self._watcher.join()
@@ -136,30 +163,48 @@ class FrontendPool:
         here, there = [], []
         for _ in range(self.spec.config.workers):
             gradient, params = torch.empty(num_params).share_memory_(), torch.empty(num_params).share_memory_()
+            call, cancelled = self._context.RawValue(ctypes.c_long, 0), self._context.RawValue(ctypes.c_long, -1)
             mine, theirs = self._context.Pipe()
-            here.append(_Slot(mine, gradient, params))
-            there.append(_Slot(theirs, gradient, params))
+            here.append(_Slot(mine, gradient, params, call, cancelled))
+            there.append(_Slot(theirs, gradient, params, call, cancelled))
         events, events_end = self._context.Pipe(duplex=False)
         process = self._context.Process(target=serve_front, name=f"a3c-frontend-{index}", daemon=True,
-                                        args=(self.spec, there, events_end, self.serving, os.getpid()))
+                                        args=(self.spec, there, events_end, self._serving, os.getpid()))
         process.start()
         for slot in there:  # closed here, so that the learner's ends read EOF once the front is gone
             slot.conn.close()
         events_end.close()
-        front = _Front(process, here, events)
+        front = _Front(process, here, events, time.monotonic())
         for slot in here:
             threading.Thread(target=self._answer, args=(slot,), name=f"frontend-{index}", daemon=True).start()
         threading.Thread(target=self._drain, args=(front,), name=f"frontend-{index}-events", daemon=True).start()
         return front
 
     def _watch(self) -> None:
+        """Start again a front that died: at once if it had run a while, else after a doubling pause (up to a
+        minute), so a front that cannot start (its certificate gone, say) does not spin."""
+        failures, retry_at = [0] * self.count, [0.0] * self.count
         while not self._stopping.wait(0.5):
             for index, front in enumerate(self._fronts):
-                if not front.process.is_alive() and not self._stopping.is_set():
+                if front.process.is_alive() or self._stopping.is_set():
+                    continue
+                now = time.monotonic()
+                if not retry_at[index]:
                     log.error("gRPC front %d exited with code %s; starting it again", index, front.process.exitcode)
-                    self.metrics.frontend_restarts.inc()
+                    failures[index] = failures[index] + 1 if now - front.started < 10 else 0
+                    retry_at[index] = now + (min(60.0, 2.0 ** failures[index]) if failures[index] else 0)
                     front.close()
+                if now < retry_at[index]:
+                    continue
+                try:
                     self._fronts[index] = self._spawn(index)
+                except Exception:  # out of shared memory or file descriptors, say: try again later
+                    log.exception("starting gRPC front %d again failed", index)
+                    failures[index] += 1
+                    retry_at[index] = now + min(60.0, 2.0 ** failures[index])
+                    continue
+                retry_at[index] = 0.0
+                self.metrics.frontend_restarts.inc()
 
     def _drain(self, front: _Front) -> None:
         """Counts what the front reports: refusals it made itself and every RPC it finished."""
@@ -203,7 +248,7 @@ class FrontendPool:
             try:
                 version, params = self.servicer.commit(
                     request, slot.gradient, gradient_norm,
-                    lambda: deadline is None or time.monotonic() < deadline, take_params)
+                    lambda: slot.still_wanted() and before(deadline), take_params)
             except PushRefused as refused:
                 self.servicer.refused(request, refused)
                 return "refused", refused.code.name, refused.reason, str(refused)
@@ -247,10 +292,15 @@ class FrontServicer(pb_grpc.LearnerServicer):
         self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         for slot in slots:
             self._free.put(slot)
+        self._calls = itertools.count(1)
 
     @contextlib.contextmanager
-    def _slot(self) -> Iterator[_Slot]:
-        slot = self._free.get()
+    def _slot(self, context: grpc.ServicerContext) -> Iterator[_Slot]:
+        """A free slot for this call. If the call ends early (cancelled, the caller gone), the learner sees it
+        under its lock and applies nothing, as when it serves alone; a later call in the slot is not affected."""
+        slot, number = self._free.get(), next(self._calls)
+        slot.call.value = number
+        context.add_callback(lambda: setattr(slot.cancelled, "value", number))
         try:
             yield slot
         finally:
@@ -272,33 +322,32 @@ class FrontServicer(pb_grpc.LearnerServicer):
         return encode_params(version, slot.params, self.layout, self.wire_dtype)
 
     def GetRunSpec(self, request: pb.GetRunSpecRequest, context: grpc.ServicerContext) -> pb.RunSpec:
-        if not self.serving.is_set():
+        if not self.serving.value:
             context.abort(grpc.StatusCode.UNAVAILABLE, _STARTING)
         return self.run_spec
 
     def GetParams(self, request: pb.GetParamsRequest, context: grpc.ServicerContext) -> pb.Params | bytes:
-        if not self.serving.is_set():
+        if not self.serving.value:
             context.abort(grpc.StatusCode.UNAVAILABLE, _STARTING)
-        with self._slot() as slot:
+        with self._slot(context) as slot:
             version, fresh = self._ask(slot, context, "params", request.have_version)
             return b"".join(self._params(version, slot)) if fresh else pb.Params(version=version)
 
     def PushGradients(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
-        with self._slot() as slot:
+        with self._slot(context) as slot:
             try:
-                if not self.serving.is_set():
+                if not self.serving.value:
                     raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", _STARTING)
                 gradient_norm = self.check(request, slot.gradient)
             except PushRefused as refused:
                 self.link.refused(refused.reason)
                 context.abort(refused.code, f"{refused.reason}: {refused}")
-            remaining = context.time_remaining()
             summary = pb.PushGradientsRequest(
                 actor_id=request.actor_id, seq=request.seq, base_version=request.base_version,
                 env_frames=request.env_frames, agent_steps=request.agent_steps,
                 episode_returns=request.episode_returns, loss=request.loss, want_params=request.want_params)
             version, fresh = self._ask(slot, context, "push", summary.SerializeToString(), gradient_norm,
-                                       None if remaining is None else time.monotonic() + remaining)
+                                       deadline_of(context))
             return push_reply(version, self._params(version, slot) if fresh else None)
 
 
@@ -313,7 +362,7 @@ class _FollowingHealth(health.HealthServicer):
     def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext):
         if request.service not in ("", SERVICE_NAME):
             return super().Check(request, context)
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if self._serving.is_set()
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if self._serving.value
                                               else health_pb2.HealthCheckResponse.NOT_SERVING)
 
 
@@ -349,7 +398,7 @@ def serve_front(spec: FrontSpec, slots: list[_Slot], events: Connection, serving
     link.send("bound")
     status = None
     while not stop.is_set():  # the health service follows the learner's readiness
-        now = health_pb2.HealthCheckResponse.SERVING if serving.is_set() else \
+        now = health_pb2.HealthCheckResponse.SERVING if serving.value else \
             health_pb2.HealthCheckResponse.NOT_SERVING
         if now != status:
             for name in ("", SERVICE_NAME):

@@ -82,10 +82,10 @@ class LearnerService:
 
     def _serve_through_frontends(self, config: LearnerConfig) -> None:
         try:
-            self._port_reservation = reserve_port(config.listen)
+            self._port_reservations = reserve_port(config.listen)
         except OSError:
             raise LearnerError(f"cannot listen on {config.listen} (address in use or not local)") from None
-        self.port = self._port_reservation.getsockname()[1]
+        self.port = self._port_reservations[0].getsockname()[1]
         self.server = None
         spec = FrontSpec(config, f"{config.listen.rsplit(':', 1)[0]}:{self.port}", self.run_spec.SerializeToString(),
                          list(self.model.layout), self.model.wire_dtype)
@@ -156,7 +156,7 @@ class LearnerService:
                 raise LearnerError(str(err)) from None
         self.servicer.ready.set()
         if self.frontends:
-            self.frontends.serving.set()
+            self.frontends.set_serving(True)
         else:
             for name in ("", SERVICE_NAME):
                 self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -204,7 +204,8 @@ class LearnerService:
         """Stop taking calls; those in flight get `grace` seconds."""
         if self.frontends:
             self.frontends.stop(grace)
-            self._port_reservation.close()
+            for reservation in self._port_reservations:
+                reservation.close()
         else:
             self.health.enter_graceful_shutdown()
             self.server.stop(grace=grace).wait()

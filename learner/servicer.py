@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+import time
 from typing import Callable, Sequence, TypeVar
 
 import grpc
@@ -73,6 +74,16 @@ class GradientCheck:
         return total
 
 
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline on the monotonic clock (the same in every process of this machine); None: none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def before(deadline: float | None) -> bool:
+    return deadline is None or time.monotonic() < deadline
+
+
 def push_reply(version: int, params: list[bytes] | None) -> bytes:
     """A serialized PushGradientsResponse, with the parameters' serialized `Params` pieces when given."""
     head = pb.PushGradientsResponse(version=version).SerializeToString()
@@ -114,10 +125,12 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             if not self.ready.is_set():
                 raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down",
                                   "the learner is starting or stopping")
+            deadline = deadline_of(context)
             flat = torch.empty(self.model.num_params)  # each request its own: with --workers > 1 decodes overlap
             gradient_norm = self.check(request, flat)
-            return push_reply(*self.commit(request, flat, gradient_norm, context.is_active,
-                                           self.model.params_pieces))
+            # gRPC may notice a deadline that passed while the push waited for the lock only later: both checks.
+            return push_reply(*self.commit(request, flat, gradient_norm,
+                                           lambda: context.is_active() and before(deadline), self.model.params_pieces))
         except PushRefused as refused:
             self.refused(request, refused)
             context.abort(refused.code, f"{refused.reason}: {refused}")

@@ -17,6 +17,7 @@ from actor.rollout import VectorRollout
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 from tests.conftest import rejections
+from tests.processes import wait_for
 
 
 @pytest.fixture(params=[0, 2], ids=["served-alone", "2-frontends"])
@@ -144,6 +145,17 @@ def test_replayed_push_is_applied_once(learner, stub):
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert (learner.model.version, learner.model.digest()) == (1, digest)
     assert rejections(learner) == {"duplicate": 1}
+
+
+def test_a_push_whose_deadline_passed_while_it_waited_is_not_applied(learner, stub):
+    request = pb.PushGradientsRequest(actor_id="gone", seq=1, base_version=0, gradients=_gradients(learner))
+    with learner.model.lock:  # the learner busy (writing a checkpoint, say) while the caller waits
+        with pytest.raises(grpc.RpcError) as err:
+            stub.PushGradients(request, timeout=1.5)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # The actor has dropped that rollout: counting or applying it would make the two disagree.
+    wait_for(lambda: rejections(learner) == {"cancelled": 1}, 10, "the refusal")
+    assert learner.model.version == 0 and learner.stats.env_frames == 0
 
 
 @pytest.mark.parametrize("frontends", [0, 2])

@@ -102,8 +102,9 @@ class LearnerConfig(HyperParams):
     progress_file: str = option("", "append a JSON line of training progress here every --log-interval")
     port_file: str = option("", "write the bound gRPC port to this file once serving (for launchers)")
     log_interval: float = option(5.0, "seconds between progress lines")
-    workers: int = option(1, "gRPC server worker threads (of each front with --frontends): one is the fastest, since gradients are applied one at a "
-                          "time anyway and more threads only contend for Python's GIL")
+    workers: int = option(1, "gRPC server worker threads (of each front with --frontends): one is the fastest, "
+                          "since gradients are applied one at a time anyway and more threads only contend for "
+                          "Python's GIL")
     frontends: int = option(0, "processes that serve gRPC on the learner's port (SO_REUSEPORT): they receive, check "
                             "and decode pushes and encode replies, and this process only applies them. Pays on a "
                             "learner host with cores to spare; 0: this process serves alone")

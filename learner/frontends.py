@@ -35,16 +35,15 @@ from grpc_health.v1 import health, health_pb2
 
 from a3c.config import LearnerConfig
 from a3c.memory import keep_freed_memory
-from learner.global_model import GlobalModel, Layout, encode_params
+from learner.global_model import Layout, encode_params
 from learner.grpc_server import bound_server
 from learner.metrics import LearnerMetrics
-from learner.servicer import (SERVICE_NAME, GradientCheck, LearnerServicer, PushRefused, before, deadline_of,
-                              push_reply)
+from learner.servicer import (SERVICE_NAME, STARTING, GradientCheck, LearnerServicer, PushRefused, before,
+                              deadline_of, push_reply)
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
 log = logging.getLogger("learner")
-_STARTING = "the learner is starting or stopping"
 
 
 def reserve_port(listen: str) -> list[socket.socket]:
@@ -82,7 +81,7 @@ class FrontSpec:
     config: LearnerConfig
     address: str
     run_spec: bytes
-    layout: list[tuple[str, tuple[int, ...]]]
+    layout: Layout
     wire_dtype: torch.dtype
 
 
@@ -115,10 +114,9 @@ class _Front:
 class FrontendPool:
     """The learner's side: starts the fronts, answers their calls with the servicer, restarts the ones that die."""
 
-    def __init__(self, spec: FrontSpec, count: int, servicer: LearnerServicer, model: GlobalModel,
-                 metrics: LearnerMetrics) -> None:
+    def __init__(self, spec: FrontSpec, count: int, servicer: LearnerServicer, metrics: LearnerMetrics) -> None:
         self.spec, self.count = spec, count
-        self.servicer, self.model, self.metrics = servicer, model, metrics
+        self.servicer, self.model, self.metrics = servicer, servicer.model, metrics
         self._context = torch.multiprocessing.get_context("spawn")  # no gRPC or torch threads inherited
         # Read by the fronts on every call. A multiprocessing.Event takes a lock even to read, and a front killed
         # while holding it would stop all the others: a plain shared byte, written only here, instead.
@@ -254,7 +252,7 @@ class FrontendPool:
                 return "refused", refused.code.name, refused.reason, str(refused)
             return "ok", version, params is not None
         if not self.servicer.ready.is_set():
-            return "refused", "UNAVAILABLE", "shutting_down", _STARTING
+            return "refused", "UNAVAILABLE", "shutting_down", STARTING
         version, params = self.servicer.params_unless(message[1], take_params)
         return "ok", version, params is not None
 
@@ -323,12 +321,12 @@ class FrontServicer(pb_grpc.LearnerServicer):
 
     def GetRunSpec(self, request: pb.GetRunSpecRequest, context: grpc.ServicerContext) -> pb.RunSpec:
         if not self.serving.value:
-            context.abort(grpc.StatusCode.UNAVAILABLE, _STARTING)
+            context.abort(grpc.StatusCode.UNAVAILABLE, STARTING)
         return self.run_spec
 
     def GetParams(self, request: pb.GetParamsRequest, context: grpc.ServicerContext) -> pb.Params | bytes:
         if not self.serving.value:
-            context.abort(grpc.StatusCode.UNAVAILABLE, _STARTING)
+            context.abort(grpc.StatusCode.UNAVAILABLE, STARTING)
         with self._slot(context) as slot:
             version, fresh = self._ask(slot, context, "params", request.have_version)
             return b"".join(self._params(version, slot)) if fresh else pb.Params(version=version)
@@ -337,15 +335,15 @@ class FrontServicer(pb_grpc.LearnerServicer):
         with self._slot(context) as slot:
             try:
                 if not self.serving.value:
-                    raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", _STARTING)
+                    raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", STARTING)
                 gradient_norm = self.check(request, slot.gradient)
             except PushRefused as refused:
                 self.link.refused(refused.reason)
                 context.abort(refused.code, f"{refused.reason}: {refused}")
-            summary = pb.PushGradientsRequest(
-                actor_id=request.actor_id, seq=request.seq, base_version=request.base_version,
-                env_frames=request.env_frames, agent_steps=request.agent_steps,
-                episode_returns=request.episode_returns, loss=request.loss, want_params=request.want_params)
+            # Every field but the gradient, which the learner reads from the slot (a field added to the
+            # contract travels too).
+            summary = pb.PushGradientsRequest(**{field.name: value for field, value in request.ListFields()
+                                                 if field.name != "gradients"})
             version, fresh = self._ask(slot, context, "push", summary.SerializeToString(), gradient_norm,
                                        deadline_of(context))
             return push_reply(version, self._params(version, slot) if fresh else None)
@@ -362,8 +360,11 @@ class _FollowingHealth(health.HealthServicer):
     def Check(self, request: health_pb2.HealthCheckRequest, context: grpc.ServicerContext):
         if request.service not in ("", SERVICE_NAME):
             return super().Check(request, context)
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING if self._serving.value
-                                              else health_pb2.HealthCheckResponse.NOT_SERVING)
+        return health_pb2.HealthCheckResponse(status=_status(self._serving))
+
+
+def _status(serving) -> int:
+    return health_pb2.HealthCheckResponse.SERVING if serving.value else health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _exit_with_parent(parent: int, stop: threading.Event) -> None:
@@ -398,8 +399,7 @@ def serve_front(spec: FrontSpec, slots: list[_Slot], events: Connection, serving
     link.send("bound")
     status = None
     while not stop.is_set():  # the health service follows the learner's readiness
-        now = health_pb2.HealthCheckResponse.SERVING if serving.value else \
-            health_pb2.HealthCheckResponse.NOT_SERVING
+        now = _status(serving)
         if now != status:
             for name in ("", SERVICE_NAME):
                 health_servicer.set(name, now)

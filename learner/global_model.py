@@ -26,11 +26,12 @@ def split_views(flat: torch.Tensor, layout: Layout) -> list[torch.Tensor]:
 
 def encode_params(version: int, flat: torch.Tensor, layout: Layout, wire_dtype: torch.dtype) -> list[bytes]:
     """Parameters (one flat float32 buffer, layout order) as a serialized `Params` message, in pieces to join."""
+    flat = flat.detach()
     if wire_dtype.is_floating_point:  # one conversion of the whole buffer
-        flat, dtype = flat.detach().to(wire_dtype), None
+        flat, dtype = flat.to(wire_dtype), None
     else:
         dtype = wire_dtype
-    named = zip((name for name, _ in layout), split_views(flat.detach(), layout))
+    named = zip((name for name, _ in layout), split_views(flat, layout))
     return [pb.Params(version=version).SerializeToString(), *codec.encode_field(_TENSORS_FIELD, named, dtype)]
 
 

@@ -89,7 +89,7 @@ class LearnerService:
         self.server = None
         spec = FrontSpec(config, f"{config.listen.rsplit(':', 1)[0]}:{self.port}", self.run_spec.SerializeToString(),
                          list(self.model.layout), self.model.wire_dtype)
-        self.frontends = FrontendPool(spec, config.frontends, self.servicer, self.model, self.metrics)
+        self.frontends = FrontendPool(spec, config.frontends, self.servicer, self.metrics)
 
     def _serve_here(self, config: LearnerConfig) -> None:
         self.health = health.HealthServicer()

@@ -13,13 +13,13 @@ import logging
 import math
 import threading
 import time
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, TypeVar
 
 import grpc
 import torch
 
 from a3c import codec
-from learner.global_model import GlobalModel, split_views
+from learner.global_model import GlobalModel, Layout, split_views
 from learner.metrics import LearnerMetrics
 from learner.stats import TrainingStats
 from proto import a3c_pb2 as pb
@@ -31,6 +31,7 @@ NORM_TOLERANCE = 1.01
 _PARAMS_FIELD = pb.PushGradientsResponse.DESCRIPTOR.fields_by_name["params"].number
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Learner"].full_name
 T = TypeVar("T")
+STARTING = "the learner is starting or stopping"
 
 
 class PushRefused(Exception):
@@ -44,9 +45,8 @@ class GradientCheck:
     """Decodes a pushed gradient into a flat float32 buffer (layout order) and checks all of it; refuses with
     PushRefused saying what is wrong. Holds no state, so gRPC front processes run it too."""
 
-    def __init__(self, layout: Sequence[tuple[str, tuple[int, ...]]], max_grad_norm: float) -> None:
+    def __init__(self, layout: Layout, max_grad_norm: float) -> None:
         self.layout = list(layout)
-        self.num_params = sum(math.prod(shape) for _, shape in self.layout)
         self.max_grad_norm = max_grad_norm
         self.max_norm = max_grad_norm * NORM_TOLERANCE
 
@@ -103,7 +103,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
 
     def _require_ready(self, context: grpc.ServicerContext) -> None:
         if not self.ready.is_set():
-            context.abort(grpc.StatusCode.UNAVAILABLE, "the learner is starting or stopping")
+            context.abort(grpc.StatusCode.UNAVAILABLE, STARTING)
 
     def GetRunSpec(self, request: pb.GetRunSpecRequest, context: grpc.ServicerContext) -> pb.RunSpec:
         self._require_ready(context)
@@ -123,8 +123,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
     def PushGradients(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
         try:
             if not self.ready.is_set():
-                raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down",
-                                  "the learner is starting or stopping")
+                raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", STARTING)
             deadline = deadline_of(context)
             flat = torch.empty(self.model.num_params)  # each request its own: with --workers > 1 decodes overlap
             gradient_norm = self.check(request, flat)

@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: train test bench proto tools clean
 
 # CPU build of torch first, pinned, so nothing can pull a CUDA build in; then the project and its test tools.
-$(STAMP): pyproject.toml learner/_rmsprop.c
+$(STAMP): pyproject.toml learner/_rmsprop.c a3c/_wire.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0

@@ -12,6 +12,11 @@ import torch
 from a3c.int8 import Quantized, Wireable, quantize_gradients, to_int8_wire
 from proto import a3c_pb2 as pb
 
+try:  # one-pass conversions in C (a3c/_wire.c), built when the package is installed with a C compiler
+    from a3c import _wire
+except ImportError:
+    _wire = None
+
 if sys.byteorder != "little":  # torch serialises in native order; the contract says little-endian
     raise ImportError("a3c's tensor codec needs a little-endian machine")
 
@@ -27,6 +32,8 @@ TORCH_DTYPES: dict[int, torch.dtype] = {
 }
 WIRE_DTYPES: dict[torch.dtype, int] = {v: k for k, v in TORCH_DTYPES.items()}
 _BY_NAME = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.int8}
+_C_KINDS = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # the dtypes a3c/_wire.c converts
+Layout = Sequence[tuple[str, tuple[int, ...]]]
 
 
 class CodecError(ValueError):
@@ -35,6 +42,16 @@ class CodecError(ValueError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def fast_conversions_available() -> bool:
+    """Whether a3c/_wire.c was built: FlatField and decode_flat then take one pass in C."""
+    return _wire is not None
+
+
+def split_views(flat: torch.Tensor, layout: Layout) -> list[torch.Tensor]:
+    """A flat buffer of a model's size, as one view per parameter (in layout order)."""
+    return [part.view(shape) for part, (_, shape) in zip(flat.split([math.prod(s) for _, s in layout]), layout)]
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -96,31 +113,58 @@ def encode_field(field_number: int, named: Iterable[tuple[str, Wireable]],
     """
     pieces: list[bytes] = []
     for name, tensor in named:
-        wire, shape, data, scales = _raw(name, tensor, dtype)
-        head = pb.Tensor(name=name, dtype=wire, shape=shape, scales=scales).SerializeToString()
-        body = [head, _tag_and_length(_DATA_FIELD, len(data)), data] if data else [head]  # proto3 omits b""
-        pieces += embed(field_number, body)
+        pieces += _tensor_pieces(field_number, name, *_raw(name, tensor, dtype))
     return pieces
+
+
+def _tensor_pieces(field_number: int, name: str, wire: int, shape: list[int], data: bytes,
+                   scales: list[float]) -> list[bytes]:
+    """One element of a `repeated Tensor` field; its data, when there is any, is the last piece."""
+    head = pb.Tensor(name=name, dtype=wire, shape=shape, scales=scales).SerializeToString()
+    body = [head, _tag_and_length(_DATA_FIELD, len(data)), data] if data else [head]  # proto3 omits b""
+    return embed(field_number, body)
+
+
+class FlatField:
+    """A `repeated Tensor` field of the parts of one flat float32 buffer (`layout` order) in one float wire dtype,
+    serialized as one bytes object: the bytes `encode_field` writes for the same tensors. With a3c/_wire.c the
+    values are converted straight into that object (on the Pong network the learner's reply encoding went from
+    several passes and a copy per tensor to one pass); without it, torch converts and the pieces are joined."""
+
+    def __init__(self, field_number: int, layout: Layout, dtype: torch.dtype) -> None:
+        if dtype not in _C_KINDS:
+            raise ValueError(f"FlatField carries float32, float16 or bfloat16, not {dtype}")
+        self.field_number, self.layout, self.dtype = field_number, list(layout), dtype
+        template, self.regions, start = [], [], 0
+        for name, shape in self.layout:
+            count = math.prod(shape)
+            data = bytes(count * torch.empty((), dtype=dtype).element_size())
+            pieces = _tensor_pieces(field_number, name, WIRE_DTYPES[dtype], list(shape), data, [])
+            offset = sum(map(len, template)) + sum(map(len, pieces[:-1]))
+            if data:
+                self.regions.append((start, count, offset))
+            template += pieces
+            start += count
+        self.num_values = start
+        self.template = b"".join(template)
+
+    def encode(self, flat: torch.Tensor) -> bytes:
+        flat = flat.detach()
+        if flat.dtype != torch.float32 or flat.numel() != self.num_values or not flat.is_contiguous():
+            raise ValueError(f"expected a contiguous float32 buffer of {self.num_values} values")
+        if _wire is None:
+            return b"".join(encode_field(self.field_number, zip((name for name, _ in self.layout),
+                                                                split_views(flat, self.layout)), self.dtype))
+        return _wire.encode(flat.numpy(), self.template, self.regions, _C_KINDS[self.dtype])
 
 
 def decode(message: pb.Tensor, as_dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """A message back into a tensor that owns its memory (converted to `as_dtype` when given), or written into
     `out` (contiguous, of the message's shape); refuses unknown dtypes and wrong byte counts."""
-    dtype = TORCH_DTYPES.get(message.dtype)
-    if dtype is None:
-        raise CodecError("bad_dtype", f"{message.name}: unknown dtype {message.dtype}")
-    shape = tuple(message.shape)
-    if any(d < 0 for d in shape):
-        raise CodecError("bad_shape", f"{message.name}: negative dimension in shape {shape}")
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    expected = math.prod(shape) * itemsize
-    data = message.data  # each read of a bytes field copies it out of the message: read it once
-    if len(data) != expected:
-        raise CodecError("bad_size", f"{message.name}: {len(data)} bytes for shape {shape} "
-                         f"of {dtype} (expected {expected})")
+    dtype, shape, data = _checked_data(message)
     if message.scales:
         return _dequantize(message, data, shape, as_dtype, out)
-    if expected == 0:
+    if not data:
         return torch.empty(shape, dtype=as_dtype or dtype) if out is None else out
     if out is not None:
         return out.copy_(_read_in_place(data, dtype, shape))
@@ -128,6 +172,22 @@ def decode(message: pb.Tensor, as_dtype: torch.dtype | None = None, out: torch.T
         return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
     # The conversion makes the copy, so it can read the received bytes in place.
     return _read_in_place(data, dtype, shape).to(as_dtype)
+
+
+def _checked_data(message: pb.Tensor) -> tuple[torch.dtype, tuple[int, ...], bytes]:
+    """A message's dtype, shape and data bytes, refusing unknown dtypes, negative dimensions and wrong sizes."""
+    dtype = TORCH_DTYPES.get(message.dtype)
+    if dtype is None:
+        raise CodecError("bad_dtype", f"{message.name}: unknown dtype {message.dtype}")
+    shape = tuple(message.shape)
+    if any(d < 0 for d in shape):
+        raise CodecError("bad_shape", f"{message.name}: negative dimension in shape {shape}")
+    expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    data = message.data  # each read of a bytes field copies it out of the message: read it once
+    if len(data) != expected:
+        raise CodecError("bad_size", f"{message.name}: {len(data)} bytes for shape {shape} "
+                         f"of {dtype} (expected {expected})")
+    return dtype, shape, data
 
 
 def _read_in_place(data: bytes, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
@@ -168,6 +228,34 @@ def decode_all(messages: Sequence[pb.Tensor], layout: Sequence[tuple[str, tuple[
                as_dtype: torch.dtype = torch.float32, into: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Decode a full set of tensors and check it against `layout` ((name, shape) pairs, in order); written into
     the tensors `into` (one per layout entry, of `as_dtype`) when given."""
+    _check_set(messages, layout, allowed)
+    return [decode(message, as_dtype, None if into is None else into[index]) for index, message in enumerate(messages)]
+
+
+def decode_flat(messages: Sequence[pb.Tensor], layout: Layout, into: torch.Tensor,
+                allowed: Iterable[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16, torch.int8)) -> float:
+    """Decode a full set of tensors, checked as `decode_all` checks them, into `into` (one flat contiguous float32
+    buffer, layout order); returns the sum of their squares (NaN or Inf where a value is not finite, Inf also where
+    the sum overflows). With a3c/_wire.c each float tensor takes one pass: converted and squared together."""
+    _check_set(messages, layout, allowed)
+    views = split_views(into, layout)
+    if _wire is None:
+        for message, view in zip(messages, views):
+            decode(message, torch.float32, view)
+        return float(torch.linalg.vector_norm(into)) ** 2
+    total, start, out = 0.0, 0, into.numpy()
+    for message, view in zip(messages, views):
+        kind = None if message.scales else _C_KINDS.get(TORCH_DTYPES.get(message.dtype))
+        if kind is None:  # int8 with its scales, or a dtype decode refuses
+            total += float(torch.linalg.vector_norm(decode(message, torch.float32, view))) ** 2
+        else:
+            total += _wire.decode(out, start, _checked_data(message)[2], kind)
+        start += view.numel()
+    return total
+
+
+def _check_set(messages: Sequence[pb.Tensor], layout: Layout, allowed: Iterable[torch.dtype]) -> None:
+    """The tensors' names in layout order, each of an allowed dtype and of the layout's shape."""
     allowed = set(allowed)
     names = [m.name for m in messages]
     expected_names = [name for name, _ in layout]
@@ -179,12 +267,9 @@ def decode_all(messages: Sequence[pb.Tensor], layout: Sequence[tuple[str, tuple[
         if extra:
             raise CodecError("unknown_tensor", f"unexpected tensors: {', '.join(extra)}")
         raise CodecError("tensor_order", "tensors are not in the model's parameter order")
-    decoded = []
-    for index, (message, (name, shape)) in enumerate(zip(messages, layout)):
+    for message, (name, shape) in zip(messages, layout):
         dtype = TORCH_DTYPES.get(message.dtype)
         if dtype is not None and dtype not in allowed:
             raise CodecError("bad_dtype", f"{name}: dtype {dtype} is not accepted here")
         if tuple(message.shape) != tuple(shape):
             raise CodecError("bad_shape", f"{name}: shape {tuple(message.shape)}, expected {tuple(shape)}")
-        decoded.append(decode(message, as_dtype, None if into is None else into[index]))
-    return decoded

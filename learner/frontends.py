@@ -33,9 +33,10 @@ import torch
 import torch.multiprocessing
 from grpc_health.v1 import health, health_pb2
 
+from a3c.codec import Layout
 from a3c.config import LearnerConfig
 from a3c.memory import keep_freed_memory
-from learner.global_model import Layout, encode_params
+from learner.global_model import ParamsEncoder
 from learner.grpc_server import bound_server
 from learner.metrics import LearnerMetrics
 from learner.servicer import (SERVICE_NAME, STARTING, GradientCheck, LearnerServicer, PushRefused, before,
@@ -283,8 +284,7 @@ class FrontServicer(pb_grpc.LearnerServicer):
 
     def __init__(self, spec: FrontSpec, slots: list[_Slot], serving, link: _LearnerLink) -> None:
         self.run_spec = pb.RunSpec.FromString(spec.run_spec)
-        self.layout: Layout = spec.layout
-        self.wire_dtype = spec.wire_dtype
+        self.encode = ParamsEncoder(spec.layout, spec.wire_dtype)
         self.check = GradientCheck(spec.layout, self.run_spec.max_grad_norm)
         self.serving, self.link = serving, link
         self._free: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
@@ -317,7 +317,7 @@ class FrontServicer(pb_grpc.LearnerServicer):
         return reply[1], reply[2]
 
     def _params(self, version: int, slot: _Slot) -> list[bytes]:
-        return encode_params(version, slot.params, self.layout, self.wire_dtype)
+        return self.encode(version, slot.params)
 
     def GetRunSpec(self, request: pb.GetRunSpecRequest, context: grpc.ServicerContext) -> pb.RunSpec:
         if not self.serving.value:

@@ -10,29 +10,29 @@ from typing import Sequence
 import torch
 
 from a3c import codec
+from a3c.codec import Layout, split_views
 from a3c.model import ModelSpec, build_model, parameter_layout
 from learner.optimizers import make_optimizer
 from proto import a3c_pb2 as pb
 
 
 _TENSORS_FIELD = pb.Params.DESCRIPTOR.fields_by_name["tensors"].number
-Layout = Sequence[tuple[str, tuple[int, ...]]]
 
 
-def split_views(flat: torch.Tensor, layout: Layout) -> list[torch.Tensor]:
-    """A flat buffer of a model's size, as one view per parameter (in layout order)."""
-    return [part.view(shape) for part, (_, shape) in zip(flat.split([math.prod(s) for _, s in layout]), layout)]
-
-
-def encode_params(version: int, flat: torch.Tensor, layout: Layout, wire_dtype: torch.dtype) -> list[bytes]:
+class ParamsEncoder:
     """Parameters (one flat float32 buffer, layout order) as a serialized `Params` message, in pieces to join."""
-    flat = flat.detach()
-    if wire_dtype.is_floating_point:  # one conversion of the whole buffer
-        flat, dtype = flat.to(wire_dtype), None
-    else:
-        dtype = wire_dtype
-    named = zip((name for name, _ in layout), split_views(flat, layout))
-    return [pb.Params(version=version).SerializeToString(), *codec.encode_field(_TENSORS_FIELD, named, dtype)]
+
+    def __init__(self, layout: Layout, wire_dtype: torch.dtype) -> None:
+        self.layout, self.wire_dtype = list(layout), wire_dtype
+        # Float dtypes in one pass into one bytes object; int8 quantizes per tensor.
+        self.field = codec.FlatField(_TENSORS_FIELD, layout, wire_dtype) if wire_dtype.is_floating_point else None
+
+    def __call__(self, version: int, flat: torch.Tensor) -> list[bytes]:
+        head = pb.Params(version=version).SerializeToString()
+        if self.field is not None:
+            return [head, self.field.encode(flat)]
+        named = zip((name for name, _ in self.layout), split_views(flat.detach(), self.layout))
+        return [head, *codec.encode_field(_TENSORS_FIELD, named, self.wire_dtype)]
 
 
 class GlobalModel:
@@ -55,6 +55,7 @@ class GlobalModel:
             param.data = view  # C order, as on the wire; the learner never runs the network, so no channels-last
         self.optimizer = make_optimizer(optimizer, [self.flat], lr, rmsprop_alpha, eps)
         self.wire_dtype = wire_dtype
+        self.encode = ParamsEncoder(self.layout, wire_dtype)
         self.version = 0
         self.lock = threading.Lock()
         self._encoded: tuple[int, list[bytes]] | None = None
@@ -87,7 +88,7 @@ class GlobalModel:
         """The current parameters as a serialized `Params` message, in pieces to join; encoded at most once per
         version. Call with `lock` held."""
         if self._encoded is None or self._encoded[0] != self.version:
-            self._encoded = (self.version, encode_params(self.version, self.flat, self.layout, self.wire_dtype))
+            self._encoded = (self.version, self.encode(self.version, self.flat))
         return self._encoded[1]
 
     def state(self) -> dict:

@@ -170,6 +170,9 @@ class LearnerService:
         if self.config.optimizer == "rmsprop" and not fused_step_available():
             log.info("learner/_rmsprop.c is not built (no C compiler when installed): the RMSProp step takes "
                      "torch's five passes, about 1 ms more per update")
+        if not codec.fast_conversions_available():
+            log.info("a3c/_wire.c is not built (no C compiler when installed): gradients and parameters are "
+                     "converted by torch in several passes, about 1.5 ms more per update")
         if self.config.port_file:
             tmp = f"{self.config.port_file}.tmp"
             Path(tmp).write_text(str(self.port))

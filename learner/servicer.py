@@ -19,7 +19,8 @@ import grpc
 import torch
 
 from a3c import codec
-from learner.global_model import GlobalModel, Layout, split_views
+from a3c.codec import Layout, split_views
+from learner.global_model import GlobalModel
 from learner.metrics import LearnerMetrics
 from learner.stats import TrainingStats
 from proto import a3c_pb2 as pb
@@ -59,12 +60,11 @@ class GradientCheck:
         if not all(math.isfinite(r) for r in request.episode_returns):
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite", "an episode return is not finite")
         try:
-            gradients = codec.decode_all(request.gradients, self.layout, into=split_views(into, self.layout))
+            total = math.sqrt(codec.decode_flat(request.gradients, self.layout, into))
         except codec.CodecError as err:
             raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, err.reason, str(err)) from None
-        total = torch.linalg.vector_norm(into).item()
         if not math.isfinite(total):  # NaN or Inf in some gradient, or a float32 overflow of a huge one
-            for (name, _), grad in zip(self.layout, gradients):
+            for (name, _), grad in zip(self.layout, split_views(into, self.layout)):
                 if not torch.isfinite(grad).all():
                     raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite",
                                       f"{name}: gradient has NaN or Inf")

@@ -1,5 +1,8 @@
 """The tensor codec: exact round trips for every dtype and layout, and refusal of anything malformed."""
 
+import math
+import os
+
 import pytest
 import torch
 
@@ -135,3 +138,96 @@ def test_decode_converts_into_fresh_memory():
     assert decoded.dtype == torch.float32
     decoded += 1
     assert torch.equal(codec.decode(message, torch.float32), torch.tensor([1.0, -0.5]))
+
+
+# Names of odd lengths put the tensors' bytes at odd offsets; the values cover rounding, float16's subnormals, its
+# overflow to Inf, signed zeros and Inf. (A NaN stays a NaN, but torch itself writes bfloat16 NaNs with different
+# bits in different code paths.)
+FLAT_LAYOUT = [("conv.weight", (4, 3, 5)), ("b", (7,)), ("empty", (0,)), ("fc.w", (33, 65))]
+SPECIAL = [1e-8, -6e-5, 3.0000001, 65504.0, 65520.0, -7e4, 0.0, -0.0, float("inf"), float("-inf")]
+
+
+@pytest.fixture(params=["c", "torch"])
+def conversions(request, monkeypatch):
+    """Each test runs with a3c/_wire.c (where it was built; `make test` builds it) and with torch's passes."""
+    if request.param == "c":
+        if os.environ.get("CI"):
+            assert codec.fast_conversions_available(), "a3c/_wire.c was not built"
+        elif not codec.fast_conversions_available():
+            pytest.skip("a3c/_wire.c is not built here (no C compiler at install time)")
+    else:
+        monkeypatch.setattr(codec, "_wire", None)
+    return request.param
+
+
+def _flat(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    flat = torch.randn(sum(math.prod(s) for _, s in FLAT_LAYOUT), generator=generator) * 10.0 ** torch.randint(
+        -9, 3, (1,), generator=generator)
+    flat[:len(SPECIAL)] = torch.tensor(SPECIAL)
+    return flat
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_flat_field_writes_the_bytes_encode_field_writes(conversions, dtype):
+    flat = _flat()
+    field = pb.Params.DESCRIPTOR.fields_by_name["tensors"].number
+    named = zip([n for n, _ in FLAT_LAYOUT], codec.split_views(flat, FLAT_LAYOUT))
+    assert codec.FlatField(field, FLAT_LAYOUT, dtype).encode(flat) == b"".join(codec.encode_field(field, named, dtype))
+    flat[-1] = float("nan")
+    params = pb.Params.FromString(codec.FlatField(field, FLAT_LAYOUT, dtype).encode(flat))
+    assert math.isnan(codec.decode(params.tensors[-1]).reshape(-1)[-1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_decode_flat_writes_the_values_and_returns_their_sum_of_squares(conversions, dtype):
+    flat = _flat(1)
+    flat[len(SPECIAL) - 2:len(SPECIAL)] = 1.0  # finite everywhere, so the sum is a number to compare
+    messages = codec.encode_all(zip([n for n, _ in FLAT_LAYOUT], codec.split_views(flat, FLAT_LAYOUT)), dtype)
+    out = torch.full_like(flat, 123.0)
+    total = codec.decode_flat(messages, FLAT_LAYOUT, out)
+    assert torch.equal(out, flat.to(dtype).float())
+    assert total == pytest.approx(float(out.double().square().sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_decode_flat_sum_is_not_finite_when_a_value_is_not(conversions, bad):
+    flat = torch.zeros(sum(math.prod(s) for _, s in FLAT_LAYOUT))
+    flat[-1] = bad
+    messages = codec.encode_all(zip([n for n, _ in FLAT_LAYOUT], codec.split_views(flat, FLAT_LAYOUT)),
+                                torch.float16)
+    assert not math.isfinite(codec.decode_flat(messages, FLAT_LAYOUT, torch.empty_like(flat)))
+
+
+def test_decode_flat_takes_int8_tensors_with_their_scales(conversions):
+    flat = torch.linspace(-1, 1, sum(math.prod(s) for _, s in FLAT_LAYOUT))
+    messages = codec.encode_all(zip([n for n, _ in FLAT_LAYOUT], codec.split_views(flat, FLAT_LAYOUT)), torch.int8)
+    out = torch.empty_like(flat)
+    total = codec.decode_flat(messages, FLAT_LAYOUT, out)
+    torch.testing.assert_close(out, flat, atol=1 / 127, rtol=0)
+    assert total == pytest.approx(float(out.square().sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("messages, reason", [
+    (lambda: _messages()[:1], "missing_tensor"),
+    (lambda: list(reversed(_messages())), "tensor_order"),
+    (lambda: _messages(b=torch.ones(4)), "bad_shape"),
+    (lambda: _messages(b=torch.ones(3, dtype=torch.int64)), "bad_dtype"),
+    (lambda: [_messages()[0], pb.Tensor(name="b", dtype=pb.FLOAT16, shape=[3], data=b"\0" * 5)], "bad_size"),
+])
+def test_decode_flat_refuses_what_decode_all_refuses(conversions, messages, reason):
+    with pytest.raises(codec.CodecError) as err:
+        codec.decode_flat(messages(), LAYOUT, torch.empty(9))
+    assert err.value.reason == reason
+
+
+def test_c_conversions_refuse_regions_outside_their_buffers():
+    if not codec.fast_conversions_available():
+        pytest.skip("a3c/_wire.c is not built here")
+    values, template = torch.zeros(4).numpy(), bytes(8)
+    with pytest.raises(ValueError, match="outside"):
+        codec._wire.encode(values, template, [(2, 4, 0)], 0)  # past the values
+    with pytest.raises(ValueError, match="outside"):
+        codec._wire.encode(values, template, [(0, 4, 2)], 0)  # past the template
+    with pytest.raises(ValueError, match="fit"):
+        codec._wire.decode(torch.zeros(4).numpy(), 2, bytes(8), 0)  # 4 values from index 2 of 4

@@ -1,5 +1,7 @@
 """A real learner server on port 0 and real clients: the pull / push / pull cycle and refused pushes."""
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -152,6 +154,9 @@ def test_a_push_whose_deadline_passed_while_it_waited_is_not_applied(learner, st
     with learner.model.lock:  # the learner busy (writing a checkpoint, say) while the caller waits
         with pytest.raises(grpc.RpcError) as err:
             stub.PushGradients(request, timeout=1.5)
+        # The learner's deadline for the call ends when the caller's does plus the time the request took to
+        # arrive: still busy past both, as a learner writing a checkpoint would be.
+        time.sleep(0.5)
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The actor has dropped that rollout: counting or applying it would make the two disagree.
     wait_for(lambda: rejections(learner) == {"cancelled": 1}, 10, "the refusal")

@@ -182,7 +182,7 @@ def _checked_data(message: pb.Tensor) -> tuple[torch.dtype, tuple[int, ...], byt
     shape = tuple(message.shape)
     if any(d < 0 for d in shape):
         raise CodecError("bad_shape", f"{message.name}: negative dimension in shape {shape}")
-    expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    expected = math.prod(shape) * dtype.itemsize
     data = message.data  # each read of a bytes field copies it out of the message: read it once
     if len(data) != expected:
         raise CodecError("bad_size", f"{message.name}: {len(data)} bytes for shape {shape} "
@@ -238,19 +238,20 @@ def decode_flat(messages: Sequence[pb.Tensor], layout: Layout, into: torch.Tenso
     buffer, layout order); returns the sum of their squares (NaN or Inf where a value is not finite, Inf also where
     the sum overflows). With a3c/_wire.c each float tensor takes one pass: converted and squared together."""
     _check_set(messages, layout, allowed)
-    views = split_views(into, layout)
     if _wire is None:
-        for message, view in zip(messages, views):
+        for message, view in zip(messages, split_views(into, layout)):
             decode(message, torch.float32, view)
         return float(torch.linalg.vector_norm(into)) ** 2
     total, start, out = 0.0, 0, into.numpy()
-    for message, view in zip(messages, views):
+    for message, (_, shape) in zip(messages, layout):
+        count = math.prod(shape)
         kind = None if message.scales else _C_KINDS.get(TORCH_DTYPES.get(message.dtype))
         if kind is None:  # int8 with its scales, or a dtype decode refuses
+            view = into[start:start + count].view(shape)
             total += float(torch.linalg.vector_norm(decode(message, torch.float32, view))) ** 2
         else:
             total += _wire.decode(out, start, _checked_data(message)[2], kind)
-        start += view.numel()
+        start += count
     return total
 
 

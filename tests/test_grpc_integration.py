@@ -163,6 +163,17 @@ def test_a_push_whose_deadline_passed_while_it_waited_is_not_applied(learner, st
     assert learner.model.version == 0 and learner.stats.env_frames == 0
 
 
+def test_a_push_its_caller_cancelled_while_it_waited_is_not_applied(learner, stub):
+    request = pb.PushGradientsRequest(actor_id="quitter", seq=1, base_version=0, gradients=_gradients(learner))
+    with learner.model.lock:
+        call = stub.PushGradients.future(request, timeout=30)
+        time.sleep(0.5)  # the push has arrived and waits for the lock
+        assert call.cancel()
+        time.sleep(1.0)  # the cancel reaches the learner (through a front, that front's call counter)
+    wait_for(lambda: rejections(learner) == {"cancelled": 1}, 10, "the refusal")
+    assert learner.model.version == 0 and learner.stats.env_frames == 0
+
+
 @pytest.mark.parametrize("frontends", [0, 2])
 def test_too_stale_push_is_refused(start_learner, frontends):
     learner = start_learner(max_staleness=2, frontends=frontends)

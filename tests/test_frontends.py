@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 
 import grpc
 import pytest
@@ -57,6 +58,27 @@ def test_a_killed_front_is_started_again_and_training_goes_on(run):
     assert len(children(run.learner.pid)) == 2
     assert "gRPC front 0 exited" in run.log("learner") or "gRPC front 1 exited" in run.log("learner")
     assert all(actor.poll() is None for actor in run.actors)
+
+
+def test_a_front_that_keeps_dying_at_once_is_restarted_after_doubling_pauses(tmp_path):
+    run = LocalRun(tmp_path, learner_args=("--frontends", "1"))
+    try:
+        run.start_learner()
+        wait_for(lambda: "serving on" in run.log("learner"), 60, "the front to listen", run.processes)
+        gaps = []
+        for restarts in (1, 2, 3):
+            (front,) = children(run.learner.pid)
+            killed = time.monotonic()
+            os.kill(front, signal.SIGKILL)
+            wait_for(lambda: run.learner_metric("a3c_learner_frontend_restarts_total") == restarts, 60,
+                     f"restart {restarts}", run.processes)
+            gaps.append(time.monotonic() - killed)
+        # Each front killed within 10 s of its start waits twice as long as the one before (2, 4, 8 s; the very
+        # first may have run 10 s on a slow machine and come back at once): it cannot spin.
+        assert 1.5 <= gaps[1] < 30 and gaps[2] >= 1.5 * gaps[1], gaps
+        assert run.learner.poll() is None
+    finally:
+        run.close()
 
 
 def test_sigterm_stops_the_fronts_and_the_final_checkpoint_holds_every_update(run, tmp_path):

@@ -137,13 +137,14 @@ static int check_kind(int kind) {
     return 1;
 }
 
-/* encode(values, template, regions, kind) -> bytes: `template` with each region (start, count, offset)
- * overwritten by values[start:start + count] in the wire dtype at byte `offset`; regions in offset order. */
+/* encode(values, template, regions, kind, prefix=b"") -> bytes: `prefix`, then `template` with each region
+ * (start, count, offset) overwritten by values[start:start + count] in the wire dtype at byte `offset` of the
+ * template; regions in offset order. The prefix lets a whole reply be written here, with no copy to join it. */
 static PyObject *encode(PyObject *self, PyObject *args) {
-    Py_buffer values, template;
+    Py_buffer values, template, prefix = {0};
     PyObject *regions;
     int kind;
-    if (!PyArg_ParseTuple(args, "y*y*Oi", &values, &template, &regions, &kind)) {
+    if (!PyArg_ParseTuple(args, "y*y*Oi|y*", &values, &template, &regions, &kind, &prefix)) {
         return NULL;
     }
     PyObject *result = NULL, *sequence = NULL;
@@ -152,9 +153,10 @@ static PyObject *encode(PyObject *self, PyObject *args) {
     if (sequence == NULL) goto done;
     const Py_ssize_t n = PySequence_Fast_GET_SIZE(sequence), itemsize = itemsize_of(kind);
     const Py_ssize_t num_values = values.len / (Py_ssize_t)sizeof(float);
-    result = PyBytes_FromStringAndSize(NULL, template.len);
+    result = PyBytes_FromStringAndSize(NULL, prefix.len + template.len);
     if (result == NULL) goto done;
-    char *out = PyBytes_AS_STRING(result);
+    if (prefix.len) memcpy(PyBytes_AS_STRING(result), prefix.buf, (size_t)prefix.len);
+    char *out = PyBytes_AS_STRING(result) + prefix.len;
     const char *from = template.buf;
     Py_ssize_t written = 0;
     for (Py_ssize_t r = 0; r < n; r++) {
@@ -178,6 +180,7 @@ done:
     Py_XDECREF(sequence);
     PyBuffer_Release(&values);
     PyBuffer_Release(&template);
+    if (prefix.obj != NULL) PyBuffer_Release(&prefix);
     return result;
 }
 
@@ -211,8 +214,9 @@ static PyObject *decode(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"encode", encode, METH_VARARGS,
-     "encode(values, template, regions, kind) -> bytes: a copy of template with each (start, count, offset) region "
-     "holding values[start:start + count] (float32) converted to the wire dtype (0 float16, 1 bfloat16, 2 float32)"},
+     "encode(values, template, regions, kind, prefix=b'') -> bytes: prefix, then a copy of template with each "
+     "(start, count, offset) region holding values[start:start + count] (float32) converted to the wire dtype "
+     "(0 float16, 1 bfloat16, 2 float32)"},
     {"decode", decode, METH_VARARGS,
      "decode(out, start, data, kind) -> float: data (wire dtype `kind`) as float32 into out[start:]; returns the "
      "sum of their squares"},

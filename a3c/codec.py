@@ -84,7 +84,7 @@ def encode(name: str, tensor: Wireable, dtype: torch.dtype | None = None) -> pb.
     return pb.Tensor(name=name, dtype=wire, shape=shape, data=data, scales=scales)
 
 
-def _tag_and_length(field_number: int, length: int) -> bytes:
+def tag_and_length(field_number: int, length: int) -> bytes:
     """The key and length prefix of a length-delimited protobuf field (wire type 2)."""
     out = bytearray()
     for value in ((field_number << 3) | 2, length):
@@ -100,7 +100,7 @@ _DATA_FIELD = pb.Tensor.DESCRIPTOR.fields_by_name["data"].number
 
 def embed(field_number: int, pieces: list[bytes]) -> list[bytes]:
     """A length-delimited field whose payload is the concatenation of `pieces` (a sub-message), as pieces."""
-    return [_tag_and_length(field_number, sum(map(len, pieces))), *pieces]
+    return [tag_and_length(field_number, sum(map(len, pieces))), *pieces]
 
 
 def encode_field(field_number: int, named: Iterable[tuple[str, Wireable]],
@@ -121,7 +121,7 @@ def _tensor_pieces(field_number: int, name: str, wire: int, shape: list[int], da
                    scales: list[float]) -> list[bytes]:
     """One element of a `repeated Tensor` field; its data, when there is any, is the last piece."""
     head = pb.Tensor(name=name, dtype=wire, shape=shape, scales=scales).SerializeToString()
-    body = [head, _tag_and_length(_DATA_FIELD, len(data)), data] if data else [head]  # proto3 omits b""
+    body = [head, tag_and_length(_DATA_FIELD, len(data)), data] if data else [head]  # proto3 omits b""
     return embed(field_number, body)
 
 
@@ -148,14 +148,15 @@ class FlatField:
         self.num_values = start
         self.template = b"".join(template)
 
-    def encode(self, flat: torch.Tensor) -> bytes:
+    def encode(self, flat: torch.Tensor, prefix: bytes = b"") -> bytes:
+        """The field's bytes, after `prefix` (the start of the message, say) in the same bytes object."""
         flat = flat.detach()
         if flat.dtype != torch.float32 or flat.numel() != self.num_values or not flat.is_contiguous():
             raise ValueError(f"expected a contiguous float32 buffer of {self.num_values} values")
         if _wire is None:
-            return b"".join(encode_field(self.field_number, zip((name for name, _ in self.layout),
-                                                                split_views(flat, self.layout)), self.dtype))
-        return _wire.encode(flat.numpy(), self.template, self.regions, _C_KINDS[self.dtype])
+            return b"".join([prefix, *encode_field(self.field_number, zip((name for name, _ in self.layout),
+                                                                         split_views(flat, self.layout)), self.dtype)])
+        return _wire.encode(flat.numpy(), self.template, self.regions, _C_KINDS[self.dtype], prefix)
 
 
 def decode(message: pb.Tensor, as_dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:

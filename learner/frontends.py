@@ -36,11 +36,10 @@ from grpc_health.v1 import health, health_pb2
 from a3c.codec import Layout
 from a3c.config import LearnerConfig
 from a3c.memory import keep_freed_memory
-from learner.global_model import ParamsEncoder
+from learner.global_model import ParamsEncoder, push_reply
 from learner.grpc_server import bound_server
 from learner.metrics import LearnerMetrics
-from learner.servicer import (SERVICE_NAME, STARTING, GradientCheck, LearnerServicer, PushRefused, before,
-                              deadline_of, push_reply)
+from learner.servicer import SERVICE_NAME, STARTING, GradientCheck, LearnerServicer, PushRefused, before, deadline_of
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
@@ -316,9 +315,6 @@ class FrontServicer(pb_grpc.LearnerServicer):
             context.abort(grpc.StatusCode[code], f"{reason}: {text}")
         return reply[1], reply[2]
 
-    def _params(self, version: int, slot: _Slot) -> list[bytes]:
-        return self.encode(version, slot.params)
-
     def GetRunSpec(self, request: pb.GetRunSpecRequest, context: grpc.ServicerContext) -> pb.RunSpec:
         if not self.serving.value:
             context.abort(grpc.StatusCode.UNAVAILABLE, STARTING)
@@ -329,7 +325,7 @@ class FrontServicer(pb_grpc.LearnerServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, STARTING)
         with self._slot(context) as slot:
             version, fresh = self._ask(slot, context, "params", request.have_version)
-            return b"".join(self._params(version, slot)) if fresh else pb.Params(version=version)
+            return self.encode.params(version, slot.params) if fresh else pb.Params(version=version)
 
     def PushGradients(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
         with self._slot(context) as slot:
@@ -346,7 +342,7 @@ class FrontServicer(pb_grpc.LearnerServicer):
                                                  if field.name != "gradients"})
             version, fresh = self._ask(slot, context, "push", summary.SerializeToString(), gradient_norm,
                                        deadline_of(context))
-            return push_reply(version, self._params(version, slot) if fresh else None)
+            return self.encode.push_reply(version, slot.params) if fresh else push_reply(version, None)
 
 
 class _FollowingHealth(health.HealthServicer):

@@ -17,22 +17,41 @@ from proto import a3c_pb2 as pb
 
 
 _TENSORS_FIELD = pb.Params.DESCRIPTOR.fields_by_name["tensors"].number
+_REPLY_PARAMS_FIELD = pb.PushGradientsResponse.DESCRIPTOR.fields_by_name["params"].number
 
 
 class ParamsEncoder:
-    """Parameters (one flat float32 buffer, layout order) as a serialized `Params` message, in pieces to join."""
+    """Parameters (one flat float32 buffer, layout order) as a serialized `Params` message, or as the
+    `PushGradientsResponse` that carries them, each in one bytes object."""
 
     def __init__(self, layout: Layout, wire_dtype: torch.dtype) -> None:
         self.layout, self.wire_dtype = list(layout), wire_dtype
-        # Float dtypes in one pass into one bytes object; int8 quantizes per tensor.
+        # Float dtypes in one pass, written after the message's head (no copy to join it); int8 quantizes per tensor.
         self.field = codec.FlatField(_TENSORS_FIELD, layout, wire_dtype) if wire_dtype.is_floating_point else None
 
-    def __call__(self, version: int, flat: torch.Tensor) -> list[bytes]:
+    def params(self, version: int, flat: torch.Tensor) -> bytes:
+        return self._after(pb.Params(version=version).SerializeToString(), flat)
+
+    def push_reply(self, version: int, flat: torch.Tensor) -> bytes:
+        """The reply to a push that made `version`, with the parameters of that version."""
         head = pb.Params(version=version).SerializeToString()
+        if self.field is None:
+            return push_reply(version, self.params(version, flat))
+        size = len(head) + len(self.field.template)
+        return self._after(b"".join([push_reply(version, None), codec.tag_and_length(_REPLY_PARAMS_FIELD, size), head]),
+                           flat)
+
+    def _after(self, head: bytes, flat: torch.Tensor) -> bytes:
         if self.field is not None:
-            return [head, self.field.encode(flat)]
+            return self.field.encode(flat, head)
         named = zip((name for name, _ in self.layout), split_views(flat.detach(), self.layout))
-        return [head, *codec.encode_field(_TENSORS_FIELD, named, self.wire_dtype)]
+        return b"".join([head, *codec.encode_field(_TENSORS_FIELD, named, self.wire_dtype)])
+
+
+def push_reply(version: int, params: bytes | None) -> bytes:
+    """A serialized PushGradientsResponse, carrying a serialized `Params` when given."""
+    head = pb.PushGradientsResponse(version=version).SerializeToString()
+    return head if params is None else b"".join([head, *codec.embed(_REPLY_PARAMS_FIELD, [params])])
 
 
 class GlobalModel:
@@ -58,7 +77,7 @@ class GlobalModel:
         self.encode = ParamsEncoder(self.layout, wire_dtype)
         self.version = 0
         self.lock = threading.Lock()
-        self._encoded: tuple[int, list[bytes]] | None = None
+        self._encoded: tuple[int, bytes] | None = None
 
     @property
     def num_params(self) -> int:
@@ -84,12 +103,16 @@ class GlobalModel:
         self.version += 1
         return self.version
 
-    def params_pieces(self) -> list[bytes]:
-        """The current parameters as a serialized `Params` message, in pieces to join; encoded at most once per
-        version. Call with `lock` held."""
+    def params_message(self) -> bytes:
+        """The current parameters as a serialized `Params` message, encoded at most once per version (actors
+        connecting together pull the same one). Call with `lock` held."""
         if self._encoded is None or self._encoded[0] != self.version:
-            self._encoded = (self.version, self.encode(self.version, self.flat))
+            self._encoded = (self.version, self.encode.params(self.version, self.flat))
         return self._encoded[1]
+
+    def push_reply(self) -> bytes:
+        """The reply to the push that made the current version, with its parameters. Call with `lock` held."""
+        return self.encode.push_reply(self.version, self.flat)
 
     def state(self) -> dict:
         """Model, optimizer and version as plain tensors and numbers (for checkpoints)."""

@@ -20,7 +20,7 @@ import torch
 
 from a3c import codec
 from a3c.codec import Layout, split_views
-from learner.global_model import GlobalModel
+from learner.global_model import GlobalModel, push_reply
 from learner.metrics import LearnerMetrics
 from learner.stats import TrainingStats
 from proto import a3c_pb2 as pb
@@ -29,7 +29,6 @@ from proto import a3c_pb2_grpc as pb_grpc
 log = logging.getLogger("learner")
 # Actors clip to max_grad_norm; this much above it allows for 16-bit rounding on the wire, nothing more.
 NORM_TOLERANCE = 1.01
-_PARAMS_FIELD = pb.PushGradientsResponse.DESCRIPTOR.fields_by_name["params"].number
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Learner"].full_name
 T = TypeVar("T")
 STARTING = "the learner is starting or stopping"
@@ -84,12 +83,6 @@ def before(deadline: float | None) -> bool:
     return deadline is None or time.monotonic() < deadline
 
 
-def push_reply(version: int, params: list[bytes] | None) -> bytes:
-    """A serialized PushGradientsResponse, with the parameters' serialized `Params` pieces when given."""
-    head = pb.PushGradientsResponse(version=version).SerializeToString()
-    return head if params is None else b"".join([head, *codec.embed(_PARAMS_FIELD, params)])
-
-
 class LearnerServicer(pb_grpc.LearnerServicer):
     def __init__(self, model: GlobalModel, stats: TrainingStats, run_spec: pb.RunSpec,
                  metrics: LearnerMetrics) -> None:
@@ -111,8 +104,8 @@ class LearnerServicer(pb_grpc.LearnerServicer):
 
     def GetParams(self, request: pb.GetParamsRequest, context: grpc.ServicerContext) -> pb.Params | bytes:
         self._require_ready(context)
-        version, params = self.params_unless(request.have_version, self.model.params_pieces)
-        return pb.Params(version=version) if params is None else b"".join(params)
+        version, params = self.params_unless(request.have_version, self.model.params_message)
+        return pb.Params(version=version) if params is None else params
 
     def params_unless(self, have_version: int, take: Callable[[], T]) -> tuple[int, T | None]:
         """The current version, and `take()` of the parameters (under the lock) unless the caller has them."""
@@ -128,8 +121,9 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             flat = torch.empty(self.model.num_params)  # each request its own: with --workers > 1 decodes overlap
             gradient_norm = self.check(request, flat)
             # gRPC may notice a deadline that passed while the push waited for the lock only later: both checks.
-            return push_reply(*self.commit(request, flat, gradient_norm,
-                                           lambda: context.is_active() and before(deadline), self.model.params_pieces))
+            version, reply = self.commit(request, flat, gradient_norm,
+                                         lambda: context.is_active() and before(deadline), self.model.push_reply)
+            return push_reply(version, None) if reply is None else reply
         except PushRefused as refused:
             self.refused(request, refused)
             context.abort(refused.code, f"{refused.reason}: {refused}")
@@ -180,7 +174,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
 
 
 def _serialize(response: object) -> bytes:
-    # Replies that carry parameters are assembled as bytes already (codec.encode_field); the rest are messages.
+    # Replies that carry parameters are assembled as bytes already (global_model.ParamsEncoder); the rest are messages.
     return response if isinstance(response, bytes) else response.SerializeToString()
 
 

@@ -1,5 +1,6 @@
 """One learner step: a known gradient through plain SGD moves every parameter by -lr * gradient."""
 
+import math
 import threading
 
 import grpc
@@ -8,7 +9,7 @@ import torch
 
 from a3c import codec
 from a3c.model import ModelSpec, build_model
-from learner.global_model import GlobalModel
+from learner.global_model import GlobalModel, ParamsEncoder
 from learner.optimizers import TFStyleRMSprop
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
@@ -107,3 +108,20 @@ def test_a_checkpoint_from_before_the_flat_buffer_resumes_the_same_optimizer():
             resumed.apply(grads)
     for mine, theirs in zip(resumed.params, reference.parameters()):
         torch.testing.assert_close(mine.detach(), theirs.detach(), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("torch_only", [False, True], ids=["c-where-built", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.int8])
+def test_a_push_reply_carries_the_parameters_of_its_version(monkeypatch, torch_only, dtype):
+    if torch_only:
+        monkeypatch.setattr(codec, "_wire", None)
+    layout = [("conv.weight", (64, 80)), ("conv.bias", (64,)), ("head", (3, 7))]  # int8 quantizes the first
+    flat = torch.randn(sum(math.prod(shape) for _, shape in layout))
+    encode = ParamsEncoder(layout, dtype)
+    reply = pb.PushGradientsResponse.FromString(encode.push_reply(7, flat))
+    assert reply.version == 7 and reply.params == pb.Params.FromString(encode.params(7, flat))
+    assert reply.params.version == 7 and [t.name for t in reply.params.tensors] == [n for n, _ in layout]
+    received = torch.cat([t.reshape(-1) for t in codec.decode_all(reply.params.tensors, layout)])
+    # Float dtypes round each value to nearest; int8 to the nearest of 255 steps of its row's largest value.
+    tolerance = {torch.float32: 0, torch.float16: 1e-3, torch.bfloat16: 1e-2, torch.int8: 0.5 / 127}[dtype]
+    torch.testing.assert_close(received, flat, rtol=tolerance, atol=tolerance * float(flat.abs().max()))

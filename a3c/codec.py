@@ -138,7 +138,7 @@ class FlatField:
         template, self.regions, start = [], [], 0
         for name, shape in self.layout:
             count = math.prod(shape)
-            data = bytes(count * torch.empty((), dtype=dtype).element_size())
+            data = bytes(count * dtype.itemsize)
             pieces = _tensor_pieces(field_number, name, WIRE_DTYPES[dtype], list(shape), data, [])
             offset = sum(map(len, template)) + sum(map(len, pieces[:-1]))
             if data:
@@ -224,7 +224,7 @@ def encode_all(named: Iterable[tuple[str, Wireable]], dtype: torch.dtype | None 
     return [encode(name, tensor, dtype) for name, tensor in named]
 
 
-def decode_all(messages: Sequence[pb.Tensor], layout: Sequence[tuple[str, tuple[int, ...]]],
+def decode_all(messages: Sequence[pb.Tensor], layout: Layout,
                allowed: Iterable[torch.dtype] = (torch.float32, torch.float16, torch.bfloat16, torch.int8),
                as_dtype: torch.dtype = torch.float32, into: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Decode a full set of tensors and check it against `layout` ((name, shape) pairs, in order); written into

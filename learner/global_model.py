@@ -34,9 +34,9 @@ class ParamsEncoder:
 
     def push_reply(self, version: int, flat: torch.Tensor) -> bytes:
         """The reply to a push that made `version`, with the parameters of that version."""
-        head = pb.Params(version=version).SerializeToString()
         if self.field is None:
             return push_reply(version, self.params(version, flat))
+        head = pb.Params(version=version).SerializeToString()
         size = len(head) + len(self.field.template)
         return self._after(b"".join([push_reply(version, None), codec.tag_and_length(_REPLY_PARAMS_FIELD, size), head]),
                            flat)

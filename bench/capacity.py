@@ -23,13 +23,11 @@ from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
 
 
-def _push_loop(address: str, name: str, threads: int, seconds: float) -> None:
-    stop_at = time.monotonic() + seconds
-
+def _push_loop(address: str, name: str, threads: int, pushing, stop) -> None:
     def loop(index: int) -> None:
         # The actor's own client, so the pushers pay what actors pay to assemble a push and read its reply.
         client = LearnerClient(address, f"{name}-{index}", rpc_timeout=10, metrics=ActorMetrics(new_registry()))
-        spec = client.connect(timeout=30)
+        spec = client.connect(timeout=60)
         model = build_model(model_spec(spec))
         scale = 0.9 * spec.max_grad_norm / sum(p.numel() for p in model.parameters()) ** 0.5
         # Already in the wire dtype, as an actor's gradients are after their one conversion.
@@ -37,13 +35,17 @@ def _push_loop(address: str, name: str, threads: int, seconds: float) -> None:
         wire = codec.gradients_for_wire([torch.full(s, scale) for s in shapes], codec.TORCH_DTYPES[spec.wire_dtype],
                                         spec.max_grad_norm)
         gradients = list(zip(names, wire))
-        version, seq = 0, 0
-        while time.monotonic() < stop_at:
+        version, seq, counted = 0, 0, False
+        while not stop.is_set():
             seq += 1
             try:
                 version = client.push(seq, version, gradients, 0, 0, [], pb.LossStats()).version
             except grpc.RpcError:
-                pass
+                continue
+            if not counted:
+                with pushing.get_lock():
+                    pushing.value += 1
+                counted = True
         client.close()
 
     workers = [threading.Thread(target=loop, args=(i,)) for i in range(threads)]
@@ -53,9 +55,33 @@ def _push_loop(address: str, name: str, threads: int, seconds: float) -> None:
         worker.join()
 
 
-def start_pushers(address: str, processes: int, threads: int, seconds: float) -> list[multiprocessing.Process]:
-    context = multiprocessing.get_context("spawn")  # no gRPC state inherited through fork
-    pushers = [context.Process(target=_push_loop, args=(address, f"pusher{p}", threads, seconds)) for p in range(processes)]
-    for pusher in pushers:
-        pusher.start()
-    return pushers
+class Pushers:
+    """Processes of pushing threads. Measure once `all_pushing()`: on a many-core machine dozens of processes
+    importing torch at once take far longer than a fixed warm-up would allow."""
+
+    def __init__(self, address: str, processes: int, threads: int):
+        context = multiprocessing.get_context("spawn")  # no gRPC state inherited through fork
+        self.count = processes * threads
+        self._pushing, self._stop = context.Value("i", 0), context.Event()
+        self._processes = [context.Process(target=_push_loop, daemon=True,
+                                           args=(address, f"pusher{p}", threads, self._pushing, self._stop))
+                           for p in range(processes)]
+        for process in self._processes:
+            process.start()
+
+    def wait_all_pushing(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._pushing.value < self.count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {self._pushing.value} of {self.count} pushers got a push through "
+                                   f"in {timeout:.0f} s")
+            if not all(process.is_alive() for process in self._processes):
+                raise RuntimeError("a pusher process died")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for process in self._processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()

@@ -31,11 +31,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from a3c.config import ActorConfig, HyperParams
 from a3c.envs import describe_env
 from a3c.local import free_port, last_record
-from bench.capacity import start_pushers
+from bench.capacity import Pushers
 from bench.ceiling import measure_ceiling
 
 ROOT = Path(__file__).resolve().parent.parent
-FRONTENDS = 2
+# The capacity run's load, scaled to the machine: on 2 cores 8 pushers (2 processes) and 2 fronts; on 16 cores,
+# where a fixed 8 pushers left the learner idle between pushes, 24 pushers and 4 fronts (measured best there).
+CORES = os.cpu_count() or 1
+DEFAULT_PUSHERS = f"{max(2, CORES * 3 // 8)}x4"
+FRONTENDS = max(2, CORES // 4)
 
 
 def machine() -> dict:
@@ -170,21 +174,23 @@ def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, 
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        pushers = start_pushers(f"127.0.0.1:{port}", processes, threads, seconds + 8)
-        time.sleep(6)  # pushers importing torch and connecting
-        rates, cpu_per_update, fronts_per_update, rss = [], [], [], 0.0
-        for _ in range(3):
-            before, start, fronts = scrape(metrics_port), time.monotonic(), children_cpu_seconds(learner.pid)
-            time.sleep(seconds / 3)
-            after = scrape(metrics_port)
-            updates = total(after, "a3c_learner_updates_total") - total(before, "a3c_learner_updates_total")
-            rates.append(updates / (time.monotonic() - start))
-            cpu = total(after, "process_cpu_seconds_total") - total(before, "process_cpu_seconds_total")
-            cpu_per_update.append(1000 * cpu / max(updates, 1))
-            fronts_per_update.append(1000 * (children_cpu_seconds(learner.pid) - fronts) / max(updates, 1))
-            rss = max(rss, total(after, "process_resident_memory_bytes"))
-        for pusher in pushers:
-            pusher.join(timeout=60)
+        pushers = Pushers(f"127.0.0.1:{port}", processes, threads)
+        try:
+            pushers.wait_all_pushing(timeout=180)
+            time.sleep(2)  # past the first pushes' one-off costs
+            rates, cpu_per_update, fronts_per_update, rss = [], [], [], 0.0
+            for _ in range(3):
+                before, start, fronts = scrape(metrics_port), time.monotonic(), children_cpu_seconds(learner.pid)
+                time.sleep(seconds / 3)
+                after = scrape(metrics_port)
+                updates = total(after, "a3c_learner_updates_total") - total(before, "a3c_learner_updates_total")
+                rates.append(updates / (time.monotonic() - start))
+                cpu = total(after, "process_cpu_seconds_total") - total(before, "process_cpu_seconds_total")
+                cpu_per_update.append(1000 * cpu / max(updates, 1))
+                fronts_per_update.append(1000 * (children_cpu_seconds(learner.pid) - fronts) / max(updates, 1))
+                rss = max(rss, total(after, "process_resident_memory_bytes"))
+        finally:
+            pushers.stop()
     finally:
         learner.terminate()
         learner.wait(timeout=60)
@@ -254,6 +260,17 @@ def table(report: dict) -> str:
     return head + "\n".join(f"| {a} | {b} |" for a, b in rows) + "\n"
 
 
+def pusher_shape(text: str) -> tuple[int, int]:
+    """'2x4' -> (2 processes, 4 threads each)."""
+    try:
+        processes, threads = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected PROCESSESxTHREADS such as 2x4, got {text!r}") from None
+    if processes < 1 or threads < 1:
+        raise argparse.ArgumentTypeError(f"expected at least one process and one thread, got {text!r}")
+    return processes, threads
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--env", default="PongNoFrameskip-v4")
@@ -266,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=("e2e", "capacity"), help="run one part alone and print its JSON "
                         "(to compare levers); writes no report")
     parser.add_argument("--learner-args", default="", help="extra `a3c learner` flags for the capacity run")
+    parser.add_argument("--pushers", default=DEFAULT_PUSHERS, type=pusher_shape, help="synthetic pushers for the "
+                        "capacity runs as PROCESSESxTHREADS (default for this machine: %(default)s)")
     args = parser.parse_args(argv)
     quick = args.quick
     counts = [1] if quick else [int(n) for n in args.actors.split(",")]
@@ -279,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only:
         with tempfile.TemporaryDirectory() as tmp:
             if args.only == "capacity":
-                print(json.dumps(learner_capacity(args.env, capacity_seconds, 2, 4, Path(tmp), learner_args)))
+                print(json.dumps(learner_capacity(args.env, capacity_seconds, *args.pushers, Path(tmp), learner_args)))
             for count in counts if args.only == "e2e" else []:
                 print(json.dumps(end_to_end(args.env, count, window, warmup, 3, Path(tmp), train_args)))
         return 0
@@ -302,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
                                                       train_args + ["--overlap-pushes"])
         report["peer"] = peer(args.env, 4.0 if quick else 40.0)
         print(f"peer: {report['peer']}", file=sys.stderr)
-        report["learner_capacity"] = learner_capacity(args.env, capacity_seconds, 2, 4, Path(tmp), learner_args)
+        report["learner_capacity"] = learner_capacity(args.env, capacity_seconds, *args.pushers, Path(tmp), learner_args)
         print(f"capacity: {report['learner_capacity']['updates_per_second']:,.0f} updates/s", file=sys.stderr)
         # The structural lever beside the default: with the gRPC work in other processes, how much is left.
-        report["learner_capacity_frontends"] = learner_capacity(args.env, capacity_seconds, 2, 4, Path(tmp),
+        report["learner_capacity_frontends"] = learner_capacity(args.env, capacity_seconds, *args.pushers, Path(tmp),
                                                                 learner_args + ["--frontends", str(FRONTENDS)])
         print(f"capacity, --frontends {FRONTENDS}: "
               f"{report['learner_capacity_frontends']['updates_per_second']:,.0f} updates/s", file=sys.stderr)

@@ -102,7 +102,7 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
         learner_port = int(targets[0]["targets"][0].rsplit(":", 1)[1])
         actor_ports = [int(t.rsplit(":", 1)[1]) for t in targets[1]["targets"]]
         time.sleep(warmup)
-        marks, peaks = [], {"learner": 0.0, "actor": 0.0}
+        marks, peaks, private = [], {"learner": 0.0, "actor": 0.0}, {"learner": 0.0, "actor": 0.0}
         for index in range(windows + 1):
             snapshot = {"time": time.monotonic(), "learner": scrape(learner_port),
                         "actors": [scrape(port) for port in actor_ports]}
@@ -110,6 +110,8 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
             peaks["learner"] = max(peaks["learner"], total(snapshot["learner"], "process_resident_memory_bytes"))
             peaks["actor"] = max([peaks["actor"]] + [total(a, "process_resident_memory_bytes")
                                                      for a in snapshot["actors"]])
+            for service, sizes in private_memory_by_service(proc.pid).items():
+                private[service] = max([private[service]] + sizes)
             if index < windows:
                 time.sleep(window)
     finally:
@@ -141,20 +143,45 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
             "rpc_share": statistics.mean(rpc_share), "wait_share": statistics.mean(wait_share),
             "bytes_per_agent_step": statistics.mean(bytes_per_step),
             "latency_ms": {k: statistics.median(v) for k, v in latency.items()},
-            "peak_rss_mb": {k: v / 2**20 for k, v in peaks.items()}}
+            "peak_rss_mb": {k: v / 2**20 for k, v in peaks.items()}, "peak_private_mb": private}
 
 
-def children_cpu_seconds(pid: int) -> float:
-    """CPU seconds of a process's children so far (a learner's gRPC front processes), from /proc."""
-    total_ticks = 0
+def children_stats(pid: int) -> dict[int, list[str]]:
+    """The /proc stat fields (after the name) of a process's children, by pid."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:  # gone meanwhile
             continue
         if int(fields[1]) == pid:
-            total_ticks += int(fields[11]) + int(fields[12])
-    return total_ticks / os.sysconf("SC_CLK_TCK")
+            found[int(stat.parent.name)] = fields
+    return found
+
+
+def children_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process's children so far (a learner's gRPC front processes), from /proc."""
+    ticks = sum(int(fields[11]) + int(fields[12]) for fields in children_stats(pid).values())
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def private_memory_by_service(pid: int) -> dict[str, list[float]]:
+    """Anonymous resident memory (MB) of the learner and actors that `a3c train` (pid) runs: what each process
+    holds itself, without the library pages it maps (libtorch's alone are 100-190 MB of an actor's resident
+    memory, shared by every process on the machine, and more or fewer of them are mapped depending on what the
+    page cache holds)."""
+    found: dict[str, list[float]] = {"learner": [], "actor": []}
+    for child in children_stats(pid):
+        try:
+            args = Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")
+            status = Path(f"/proc/{child}/status").read_text()
+        except OSError:
+            continue
+        service = args[args.index("a3c") + 1] if "a3c" in args[:-1] else None
+        anon = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("RssAnon:")), None)
+        if service in found and anon is not None:
+            found[service].append(anon / 1024)
+    return found
 
 
 def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, workdir: Path,
@@ -252,8 +279,12 @@ def table(report: dict) -> str:
                      f"{fronted['learner_cpu_ms_per_update']:.1f} ms of CPU (alone on a core it would absorb "
                      f"{alone:,.0f} updates/s = {alone * fronted['frames_per_update']:,.0f} frames/s), the fronts "
                      f"{fronted['fronts_cpu_ms_per_update']:.1f} ms"))
-    rows += [("Peak resident memory", f"learner {max(r['peak_rss_mb']['learner'] for r in report['end_to_end']):,.0f} MB, "
-              f"actor {max(r['peak_rss_mb']['actor'] for r in report['end_to_end']):,.0f} MB")]
+    def peak(kind: str, service: str) -> str:
+        return f"{max(r[kind][service] for r in report['end_to_end']):,.0f} MB"
+
+    rows += [("Peak resident memory (in brackets: its own, without shared library pages)",
+              f"learner {peak('peak_rss_mb', 'learner')} ({peak('peak_private_mb', 'learner')}), "
+              f"actor {peak('peak_rss_mb', 'actor')} ({peak('peak_private_mb', 'actor')})")]
     m = report["machine"]
     head = (f"Measured {report['date']} on {m['cores']} cores ({m['cpu']}), {report['env']}, defaults; "
             f"medians of repeated windows.\n\n| what | result |\n|---|---|\n")

@@ -22,6 +22,8 @@ def test_benchmark_quick_run_reports_every_figure(tmp_path):
     assert run["frames_per_second"] > 0 and run["bytes_per_agent_step"] > 0
     assert 0 < run["rpc_share"] < 1 and 0 < run["wait_share"] < 1
     assert run["latency_ms"]["PushGradients_p50_ms"] > 0
+    for service in ("learner", "actor"):  # the processes' own memory, found through `a3c train`'s children
+        assert 0 < run["peak_private_mb"][service] < run["peak_rss_mb"][service]
     assert report["peer"]["frames_per_second"] > 0, report["peer"]
     assert report["learner_capacity"]["updates_per_second"] > 0
     fronted = report["learner_capacity_frontends"]

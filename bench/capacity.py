@@ -10,6 +10,8 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
+from multiprocessing.sharedctypes import Synchronized
+from multiprocessing.synchronize import Event as EventType
 
 import grpc
 import torch
@@ -23,7 +25,8 @@ from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
 
 
-def _push_loop(address: str, name: str, threads: int, pushing, stop) -> None:
+def _push_loop(address: str, name: str, threads: int, pushing: Synchronized, stop: EventType) -> None:
+    """`threads` pushers in this process; each adds one to `pushing` after its first accepted push."""
     def loop(index: int) -> None:
         # The actor's own client, so the pushers pay what actors pay to assemble a push and read its reply.
         client = LearnerClient(address, f"{name}-{index}", rpc_timeout=10, metrics=ActorMetrics(new_registry()))
@@ -56,10 +59,10 @@ def _push_loop(address: str, name: str, threads: int, pushing, stop) -> None:
 
 
 class Pushers:
-    """Processes of pushing threads. Measure once `all_pushing()`: on a many-core machine dozens of processes
+    """Processes of pushing threads. Measure after `wait_all_pushing()`: on a many-core machine dozens of processes
     importing torch at once take far longer than a fixed warm-up would allow."""
 
-    def __init__(self, address: str, processes: int, threads: int):
+    def __init__(self, address: str, processes: int, threads: int) -> None:
         context = multiprocessing.get_context("spawn")  # no gRPC state inherited through fork
         self.count = processes * threads
         self._pushing, self._stop = context.Value("i", 0), context.Event()

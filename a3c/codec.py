@@ -125,6 +125,14 @@ def _tensor_pieces(field_number: int, name: str, wire: int, shape: list[int], da
     return embed(field_number, body)
 
 
+def encode_flat_field(field_number: int, layout: Layout, flat: torch.Tensor, dtype: torch.dtype | None,
+                      prefix: bytes = b"") -> bytes:
+    """`encode_field` of the parts of one flat buffer (`layout` order), joined after `prefix`: torch's passes, for
+    any wire dtype (FlatField's one pass in C takes the float ones)."""
+    named = zip((name for name, _ in layout), split_views(flat.detach(), layout))
+    return b"".join([prefix, *encode_field(field_number, named, dtype)])
+
+
 class FlatField:
     """A `repeated Tensor` field of the parts of one flat float32 buffer (`layout` order) in one float wire dtype,
     serialized as one bytes object: the bytes `encode_field` writes for the same tensors. With a3c/_wire.c the
@@ -154,8 +162,7 @@ class FlatField:
         if flat.dtype != torch.float32 or flat.numel() != self.num_values or not flat.is_contiguous():
             raise ValueError(f"expected a contiguous float32 buffer of {self.num_values} values")
         if _wire is None:
-            return b"".join([prefix, *encode_field(self.field_number, zip((name for name, _ in self.layout),
-                                                                         split_views(flat, self.layout)), self.dtype)])
+            return encode_flat_field(self.field_number, self.layout, flat, self.dtype, prefix)
         return _wire.encode(flat.numpy(), self.template, self.regions, _C_KINDS[self.dtype], prefix)
 
 

@@ -44,8 +44,7 @@ class ParamsEncoder:
     def _after(self, head: bytes, flat: torch.Tensor) -> bytes:
         if self.field is not None:
             return self.field.encode(flat, head)
-        named = zip((name for name, _ in self.layout), split_views(flat.detach(), self.layout))
-        return b"".join([head, *codec.encode_field(_TENSORS_FIELD, named, self.wire_dtype)])
+        return codec.encode_flat_field(_TENSORS_FIELD, self.layout, flat, self.wire_dtype, head)
 
 
 def push_reply(version: int, params: bytes | None) -> bytes:

@@ -146,9 +146,12 @@ class ActorConfig:
                                  "gradients and dense layers stay float32): bfloat16 takes a fifth less time where the "
                                  "CPU has native bfloat16 (AVX512-BF16 or AMX), which auto picks; float32 elsewhere",
                                  choices=CONV_PRECISIONS)
-    seed: int = option(0, "random seed for this actor's environments and action sampling")
-    actor_id: str = option("", "name reported to the learner (default: host name and process id)")
-    connect_timeout: float = option(60.0, "seconds to keep trying to reach the learner before giving up")
+    seed: Optional[int] = option(None, "random seed for this actor's environments and action sampling (default: "
+                                 "derived from the actor's name, so that replicas play different episodes)")
+    actor_id: str = option("", "name reported to the learner (default: host name and process id; a container's "
+                           "host name is its own)")
+    connect_timeout: Optional[float] = option(None, "seconds to keep trying to reach the learner, at start and after "
+                                              "losing it, before giving up (default: as long as it takes)")
     rpc_timeout: float = option(10.0, "deadline of each call to the learner, in seconds")
     metrics_port: int = option(9401, "port of the Prometheus /metrics endpoint (0 picks a free port)")
     auth_token: str = option("", "bearer token to present to the learner", secret=True)
@@ -159,7 +162,7 @@ class ActorConfig:
         _require(self.num_envs >= 1, f"--num-envs must be at least 1, got {self.num_envs}")
         _require(self.conv_precision in CONV_PRECISIONS, f"--conv-precision must be one of "
                  f"{', '.join(CONV_PRECISIONS)}, got {self.conv_precision!r}")
-        _require(self.connect_timeout > 0, "--connect-timeout must be positive")
+        _require(self.connect_timeout is None or self.connect_timeout > 0, "--connect-timeout must be positive")
         _require(self.rpc_timeout > 0, "--rpc-timeout must be positive")
         _check_port("metrics_port", self.metrics_port)
         _check_readable("tls_ca", self.tls_ca)
@@ -261,7 +264,3 @@ def to_argv(config: Any, *, only: Optional[Iterable[str]] = None) -> list[str]:
         else:
             argv += [_flag(f.name), repr(value) if isinstance(value, float) else str(value)]
     return argv
-
-
-def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]

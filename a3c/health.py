@@ -5,14 +5,14 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from a3c.errors import UserFacingError
 
 
 def check_grpc(address: str, service: str, timeout: float) -> None:
     """The standard gRPC health service at `address` reports `service` as SERVING."""
+    import grpc  # here, not above: an actor's check under load should not pay for importing gRPC
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
     with grpc.insecure_channel(address) as channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),

@@ -3,6 +3,8 @@ optional TLS and bearer token."""
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 import threading
 import time
@@ -18,7 +20,9 @@ from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
+log = logging.getLogger("actor")
 Message = TypeVar("Message")
+WAIT_REPORT_SECONDS = 30.0
 _SERVICE = pb.DESCRIPTOR.services_by_name["Learner"].full_name
 _GRADIENTS_FIELD = pb.PushGradientsRequest.DESCRIPTOR.fields_by_name["gradients"].number
 # The learner is away, starting, stopping or busy: worth trying again after a pause.
@@ -70,12 +74,15 @@ class LearnerClient:
             return grpc.secure_channel(self.address, self._credentials, options=options)
         return grpc.insecure_channel(self.address, options=options)
 
-    def connect(self, timeout: float, stop: threading.Event | None = None) -> pb.RunSpec | None:
-        """Wait up to `timeout` seconds for a ready learner (None if `stop` is set first), fetch the run spec,
-        and open a channel sized for it. Retries back off exponentially with jitter, capped at 5 s."""
+    def connect(self, timeout: float | None, stop: threading.Event | None = None) -> pb.RunSpec | None:
+        """Wait up to `timeout` seconds (None: as long as it takes) for a ready learner (None if `stop` is set
+        first), fetch the run spec, and open a channel sized for it. Retries back off exponentially with jitter,
+        capped at 5 s; the wait is logged when it starts and every half minute after."""
         stop = stop or threading.Event()
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout if timeout is not None else math.inf
         delay = 0.25
+        next_report = started
         with self._open() as bootstrap:
             stub = pb_grpc.LearnerStub(bootstrap)
             while True:
@@ -90,8 +97,14 @@ class LearnerClient:
                     if err.code() not in TRANSIENT:
                         raise LearnerRefused(f"the learner at {self.address} refused: "
                                              f"{err.code().name}: {err.details()}") from None
-                if time.monotonic() >= deadline:
+                    reason = err.code().name
+                now = time.monotonic()
+                if now >= deadline:
                     raise LearnerUnreachable(f"no learner answered at {self.address} within {timeout:g}s")
+                if now >= next_report:
+                    log.info("waiting for the learner at %s (%s, %.0f s so far)", self.address, reason,
+                             now - started)
+                    next_report = now + WAIT_REPORT_SECONDS
                 stop.wait(min(random.uniform(0.5, 1.0) * delay, max(deadline - time.monotonic(), 0)))
                 delay = min(delay * 2, 5.0)
         self.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import secrets
@@ -46,9 +47,15 @@ class ActorError(UserFacingError):
     """The actor cannot go on; the message says why in one line."""
 
 
-def default_actor_id(name: str) -> str:
-    # A fresh suffix per process, so a restarted actor never replays an earlier incarnation's sequence numbers.
-    return f"{name or socket.gethostname() + '-' + str(os.getpid())}/{secrets.token_hex(3)}"
+def actor_name(configured: str) -> str:
+    """--actor-id, else host name and process id: distinct for every container replica and local process."""
+    return configured or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def seed_from_name(name: str) -> int:
+    """A stable seed per actor name, so that replicas started without --seed play different episodes. Below
+    2**30, so that seed + env index stays a 32-bit int for the emulator."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "little") >> 2
 
 
 class Actor:
@@ -56,7 +63,11 @@ class Actor:
         self.config = config
         self.stop = stop or threading.Event()
         self.metrics = ActorMetrics(new_registry())
-        self.client = LearnerClient(config.learner, default_actor_id(config.actor_id), config.rpc_timeout,
+        name = actor_name(config.actor_id)
+        self.seed = config.seed if config.seed is not None else seed_from_name(name)
+        self.seed_source = "--seed" if config.seed is not None else f"derived from the name {name}"
+        # A fresh suffix per process, so a restarted actor never replays an earlier incarnation's sequence numbers.
+        self.client = LearnerClient(config.learner, f"{name}/{secrets.token_hex(3)}", config.rpc_timeout,
                                     self.metrics, config.auth_token, config.tls_ca)
         self.seq = 0
         self.version = -1
@@ -85,7 +96,7 @@ class Actor:
             self.model = build_model(model_spec(spec))
             precision = self.model.set_conv_precision(self.config.conv_precision)
             self.layout = parameter_layout(self.model)
-            self.rollout = VectorRollout(spec.env_id, self.config.num_envs, spec.t_max, self.config.seed,
+            self.rollout = VectorRollout(spec.env_id, self.config.num_envs, spec.t_max, self.seed,
                                          self.config.env_backend)
             log.info("%s connected to %s: %s, %d envs, t_max %d, %s convolutions", self.client.actor_id,
                      self.config.learner, spec.env_id, self.config.num_envs, spec.t_max, precision)
@@ -145,9 +156,10 @@ class Actor:
         torch.set_num_threads(1)
         if self.config.keep_freed_memory:
             keep_freed_memory()
-        torch.manual_seed(self.config.seed)
+        torch.manual_seed(self.seed)
         metrics_server, metrics_port = serve_metrics(self.metrics.registry, self.config.metrics_port)
-        log.info("%s serving metrics on :%d/metrics", self.client.actor_id, metrics_port)
+        log.info("%s serving metrics on :%d/metrics; seed %d (%s)", self.client.actor_id, metrics_port, self.seed,
+                 self.seed_source)
         try:
             connected = False
             while not self.stop.is_set():
@@ -161,7 +173,7 @@ class Actor:
                         raise ActorError(f"the learner refused a call: {err.code().name}: {err.details()}") \
                             from None
                     # Drop the rollout and its gradient (the environments go on), then connect afresh:
-                    # connect waits up to --connect-timeout, with backoff, and fails with one line after that.
+                    # connect waits with backoff (--connect-timeout; by default as long as it takes), logged.
                     log.warning("lost the learner (%s); reconnecting", err.code().name)
                     connected = False
             self._settle_last_push()

@@ -44,6 +44,10 @@ class LearnerMetrics:
                                        buckets=NORM_BUCKETS, registry=registry)
         self.apply_seconds = Histogram("a3c_learner_apply_seconds", "Time to apply one gradient (optimizer step)",
                                        buckets=LATENCY_BUCKETS, registry=registry)
+        self.checkpoint_version = Gauge("a3c_learner_checkpoint_version",
+                                        "Version of the newest checkpoint written or resumed from (-1: none yet)",
+                                        registry=registry)
+        self.checkpoint_version.set(-1)
         self.actors_active = Gauge("a3c_learner_actors_active", "Actors heard from in the last minute",
                                    registry=registry)
         self.rpc_handled = Counter("a3c_learner_rpc_handled_total", "RPCs completed, by method and gRPC code",

@@ -112,8 +112,10 @@ class LearnerService:
             return copy.deepcopy(self._checkpoint_state())
 
     def save_checkpoint(self) -> Path:
-        path = checkpoints.save(self.config.checkpoint_dir, self._snapshot())
+        snapshot = self._snapshot()
+        path = checkpoints.save(self.config.checkpoint_dir, snapshot)
         self._last_checkpoint = time.monotonic()
+        self.metrics.checkpoint_version.set(snapshot["global"]["version"])
         return path
 
     def _resume(self) -> Path | None:
@@ -161,6 +163,7 @@ class LearnerService:
             for name in ("", SERVICE_NAME):
                 self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.resumed_from:
+            self.metrics.checkpoint_version.set(self.model.version)
             log.info("resumed from %s at version %d (%d frames)", self.resumed_from, self.model.version,
                      self.stats.env_frames)
         log.info("serving on %s (port %d%s), metrics on :%d/metrics: %s, %s model with %d parameters, "

@@ -100,3 +100,26 @@ def test_rollout_gradient_equals_the_loss_recomputed_from_scratch(env_id):
     a3c_loss(logits, values, torch.from_numpy(batch.actions.reshape(-1)), returns.reshape(-1), 0.01, 0.5).total.backward()
     for (name, _), mine, reference in zip(model.named_parameters(), got, (p.grad for p in model.parameters())):
         torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def first_rollout(actor: Actor, model) -> Rollout:
+    """The actor's first rollout as its run would play it (seeded as Actor.run seeds), on a given network."""
+    torch.manual_seed(actor.seed)
+    rollout = VectorRollout("CartPole-v1", 2, 60, actor.seed)
+    try:
+        return rollout.collect(model)
+    finally:
+        rollout.close()
+
+
+def test_replicas_without_a_seed_play_different_episodes_and_a_named_one_repeats_its_own():
+    a, b, a_again = (Actor(ActorConfig(actor_id=name, metrics_port=0)) for name in ("replica-a", "replica-b",
+                                                                                    "replica-a"))
+    assert a.seed == a_again.seed != b.seed
+    assert "derived from the name replica-a" in a.seed_source
+    torch.manual_seed(0)
+    model = constant_value_model(0.0)  # one network for all: only the seeds differ
+    first_a, first_b = first_rollout(a, model), first_rollout(b, model)
+    assert not np.array_equal(first_a.obs, first_b.obs) and not np.array_equal(first_a.actions, first_b.actions)
+    assert np.array_equal(first_rollout(a_again, model).obs, first_a.obs)
+    assert Actor(ActorConfig(actor_id="replica-a", seed=7, metrics_port=0)).seed == 7

@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: train test bench proto tools clean
+.PHONY: train test test-containers bench proto tools clean
 
 # CPU build of torch first, pinned, so nothing can pull a CUDA build in; then the project and its test tools.
 $(STAMP): pyproject.toml learner/_rmsprop.c a3c/_wire.c
@@ -29,7 +29,11 @@ tools:
 	@command -v kubectl >/dev/null || { echo "kubectl is needed to render deploy/k8s (client only)"; exit 1; }
 
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 -m "not containers" $(PYTEST_ARGS)
+
+# The image and the compose stack under a real Docker engine (`docker info` must answer; .ci/run sets one up).
+test-containers: $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15 -m containers tests/containers $(PYTEST_ARGS)
 
 # The benchmark (7 to 12 minutes on 2 cores; not part of `make test`): JSON in bench/results.json, a table on stdout.
 bench: $(STAMP)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import shutil
 import signal
 import subprocess
@@ -11,6 +10,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Callable
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from a3c.local import free_port
 
@@ -37,10 +38,20 @@ def http_get(url: str, timeout: float = 5) -> str:
         return response.read().decode()
 
 
+def parse_metric(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """One sample of a Prometheus exposition, read with prometheus_client's own parser (NaN when absent): the
+    unlabelled one, or the first whose labels include `labels`."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and (all(sample.labels.get(k) == v for k, v in labels.items()) if labels
+                                        else not sample.labels):
+                return sample.value
+    return float("nan")
+
+
 def metric(port: int, name: str) -> float:
-    """One unlabelled sample from a /metrics endpoint (NaN when absent)."""
-    match = re.search(rf"^{re.escape(name)} (\S+)$", http_get(f"http://127.0.0.1:{port}/metrics"), re.MULTILINE)
-    return float(match.group(1)) if match else float("nan")
+    """One unlabelled sample from a /metrics endpoint on this machine (NaN when absent)."""
+    return parse_metric(http_get(f"http://127.0.0.1:{port}/metrics"), name)
 
 
 def wait_for(check: Callable[[], object], timeout: float, what: str,

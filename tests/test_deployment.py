@@ -10,12 +10,12 @@ temporary directory.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import re
-import shlex
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,41 +23,15 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from a3c import config
 from a3c.health import check_grpc, check_http
 from a3c.local import free_port
+from tests.deployment import COMPOSE, POD_MONITOR, compose, image_runtime, manifest, rendered_manifests
 from tests.processes import ROOT, metric, stop, tool, wait_for
 
 DOCKERFILES = sorted((ROOT / "deploy").rglob("Dockerfile*"))
-COMPOSE = ROOT / "docker-compose.yml"
 K8S_VERSION = "1.32.0"
 ACTOR_REPLICAS = 3
-
-
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
-
-
-def rendered_manifests() -> list[dict]:
-    result = subprocess.run([tool("kubectl"), "kustomize", str(ROOT / "deploy" / "k8s")], capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def manifest(docs: list[dict], kind: str, name: str) -> dict:
-    return next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name)
-
-
-def image_runtime(dockerfile: Path = ROOT / "deploy" / "Dockerfile") -> tuple[list[str], dict[str, str]]:
-    """ENTRYPOINT and ENV of the final stage of the Dockerfile."""
-    final = re.split(r"^FROM ", dockerfile.read_text().replace("\\\n", " "), flags=re.MULTILINE)[-1]
-    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", final, re.MULTILINE).group(1))
-    env = {}
-    for line in re.findall(r"^ENV (.+)$", final, re.MULTILINE):
-        for pair in shlex.split(line):
-            key, value = pair.split("=", 1)
-            env[key] = value
-    return entrypoint, env
 
 
 # --- the image ----------------------------------------------------------------------------------------
@@ -69,14 +43,14 @@ def test_hadolint_passes_on_every_dockerfile():
         assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_image_is_multi_stage_non_root_cpu_torch_with_a_health_check():
+def test_image_is_multi_stage_non_root_cpu_torch_without_anonymous_volumes():
+    # What the image does with these is tested under a real engine in tests/containers.
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     assert len(re.findall(r"^FROM ", text, re.MULTILINE)) >= 2
     assert re.search(r"^USER (?!root|0\b)", text, re.MULTILINE)
     assert "download.pytorch.org/whl/cpu" in text and "torch==2.13.0" in text
-    assert "PYTHONUNBUFFERED=1" in text and "HEALTHCHECK" in text
-    # Dependencies are installed before the code is copied, so code edits keep the dependency layer.
-    assert text.index("pip install --no-cache-dir .") < text.index("COPY a3c")
+    assert "PYTHONUNBUFFERED=1" in text
+    assert not re.search(r"^VOLUME", text, re.MULTILINE)  # every actor container would leave one behind
 
 
 # --- compose --------------------------------------------------------------------------------------------
@@ -93,15 +67,46 @@ def test_compose_keeps_the_actor_scalable():
     actor = services["actor"]
     assert "container_name" not in actor and "ports" not in actor  # fixed names or host ports block --scale
     assert actor["depends_on"]["learner"]["condition"] == "service_healthy"
-    assert {k for k in actor["environment"] if k != "A3C_NUM_ENVS"} == {"A3C_LEARNER", "A3C_METRICS_PORT"}
+    assert set(actor["environment"]) == {"A3C_LEARNER"}  # a replica needs only its learner's address
     learner = services["learner"]
     assert "container_name" not in learner and any(v.startswith("checkpoints:") for v in learner["volumes"])
     assert "checkpoints" in compose()["volumes"]
     grafana = services["grafana"]
-    assert "3000:3000" in grafana["ports"]
+    assert grafana["ports"] == ["127.0.0.1:3000:3000"] and services["prometheus"]["ports"] == ["127.0.0.1:9090:9090"]
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert (ROOT / "deploy" / "grafana" / "dashboards" / Path(home).name).exists()
     assert "./deploy/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in services["prometheus"]["volumes"]
+
+
+def deployed_settings() -> list[tuple[str, str, str]]:
+    """(where, variable, value) for every A3C_* variable the compose file and the manifests give a service."""
+    found = [(f"compose {name}", key, str(value)) for name, spec in compose()["services"].items()
+             for key, value in (spec.get("environment") or {}).items()]
+    for deployment in (d for d in rendered_manifests() if d["kind"] == "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            found += [(f"manifest {deployment['metadata']['name']}", e["name"], e["value"]) for e in container["env"]]
+    return [setting for setting in found if setting[1].startswith(config.ENV_PREFIX)]
+
+
+def assert_no_default_restated(settings: list[tuple[str, str, str]]) -> None:
+    _, image_env = image_runtime()
+    defaults = {config._env_name(f.name): (cls, f.name, image_env.get(config._env_name(f.name), f.default))
+                for cls in (config.LearnerConfig, config.ActorConfig) for f in dataclasses.fields(cls)}
+    for where, variable, value in settings:
+        assert variable in defaults, f"{where}: {variable} is no setting of a3c"
+        cls, name, default = defaults[variable]
+        assert config._parse(config._value_type(cls, name), value, variable) != default, \
+            f"{where} restates the default {variable}={value}: leave it to the image"
+
+
+def test_no_deployment_restates_a_default():
+    settings = deployed_settings()
+    assert {variable for _, variable, _ in settings} >= {"A3C_LEARNER", "A3C_FRONTENDS"}
+    assert_no_default_restated(settings)
+    with pytest.raises(AssertionError, match="restates the default A3C_NUM_ENVS"):
+        assert_no_default_restated([("compose actor", "A3C_NUM_ENVS", "8")])
+    with pytest.raises(AssertionError, match="restates the default A3C_CHECKPOINT_DIR"):  # the image's ENV
+        assert_no_default_restated([("manifest learner", "A3C_CHECKPOINT_DIR", "/data/checkpoints")])
 
 
 # --- Kubernetes -------------------------------------------------------------------------------------------
@@ -141,9 +146,58 @@ def test_manifests_are_production_shaped():
         for container in pod["spec"]["containers"]:
             assert set(container["resources"]) == {"requests", "limits"}
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    for deployment in (learner, actor):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        # kind and minikube load an image under a tag; `latest` would make the kubelet pull it instead.
+        assert container["image"] == f"a3c-grpc:{version}" == compose()["x-a3c"]["image"]
+        assert container["imagePullPolicy"] == "IfNotPresent"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if probe in container:  # a busy learner or actor answers within seconds, not the default one
+                assert container[probe]["timeoutSeconds"] >= 5 and container[probe].get("failureThreshold", 3) >= 3
+    claim = manifest(docs, "PersistentVolumeClaim", "learner-checkpoints")["spec"]
+    assert claim["accessModes"] == ["ReadWriteOnce"] and claim["volumeMode"] == "Filesystem"
+    budget = manifest(docs, "PodDisruptionBudget", "actor")["spec"]
+    assert budget["selector"]["matchLabels"] == actor["spec"]["selector"]["matchLabels"] and budget["maxUnavailable"]
     dashboard = manifest(docs, "ConfigMap", "a3c-grafana-dashboard")
     shipped = (ROOT / "deploy" / "grafana" / "dashboards" / "a3c-training.json").read_text()
     assert dashboard["data"]["a3c-training.json"] == shipped
+
+
+def test_only_actors_reach_the_learner_and_only_prometheus_the_metrics():
+    docs = rendered_manifests()
+    pods = {name: manifest(docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+            for name in ("learner", "actor")}
+
+    def admitted(policy: dict, labels: dict, port: str) -> bool:
+        """Whether an ingress rule of `policy` lets a pod with `labels` (in any namespace) reach `port`."""
+        return any(any(all(labels.get(k) == v for k, v in peer["podSelector"]["matchLabels"].items())
+                       for peer in rule["from"]) and any(p["port"] == port for p in rule["ports"])
+                   for rule in policy["spec"]["ingress"])
+
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    stranger = {"app.kubernetes.io/name": "something-else"}
+    for name, ports in (("learner", ("grpc", "metrics")), ("actor", ("metrics",))):
+        policy = manifest(docs, "NetworkPolicy", name)
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pods[name].items()
+        assert admitted(policy, prometheus, "metrics") and not admitted(policy, stranger, "metrics")
+        assert admitted(policy, pods["actor"], "grpc") == (name == "learner")
+        assert not admitted(policy, prometheus, "grpc") and not admitted(policy, stranger, "grpc")
+        container_ports = {p["name"] for p in manifest(docs, "Deployment", name)["spec"]["template"]["spec"]
+                           ["containers"][0]["ports"]}
+        assert set(ports) == container_ports
+
+
+def test_pod_monitor_names_jobs_as_the_dashboard_filters():
+    monitor = yaml.safe_load(POD_MONITOR.read_text())
+    docs = rendered_manifests()
+    for name in ("learner", "actor"):
+        pod = manifest(docs, "Deployment", name)["spec"]["template"]
+        assert pod["metadata"]["labels"][monitor["spec"]["jobLabel"]] == name  # the job label becomes its name
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
+    assert monitor["metadata"]["namespace"] == manifest(docs, "Namespace", "a3c")["metadata"]["name"]
 
 
 # --- the rehearsal ------------------------------------------------------------------------------------------
@@ -158,7 +212,8 @@ class Service:
 
 
 def localize(service: Service, learner_grpc: int, data_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """Run a container's command here: learner host names to 127.0.0.1, container ports to local ones."""
+    """Run a container's command here: learner host names to 127.0.0.1, container ports to local ones (a
+    container has the ports to itself; processes on one host share them, so each gets free ones)."""
     ports = {50051: learner_grpc, **service.ports}
 
     def translate(value: str) -> str:
@@ -168,10 +223,14 @@ def localize(service: Service, learner_grpc: int, data_dir: Path) -> tuple[list[
 
     entrypoint, image_env = image_runtime()
     argv = [*entrypoint, *service.argv]
-    assert argv[0] == "a3c"
-    env = {**os.environ, **{k: v for k, v in image_env.items() if k != "PATH"}}
+    assert argv[:3] == ["tini", "--", "a3c"]  # tini only hands signals on; here the process is no PID 1
+    env = {**os.environ, **{k: translate(v) for k, v in image_env.items() if k != "PATH"}}
     env.update({k: translate(v) for k, v in service.env.items()})
-    return [sys.executable, "-m", "a3c", *argv[1:]], env
+    command = argv[3]
+    env.setdefault("A3C_METRICS_PORT", str(ports[{"learner": 9400, "actor": 9401}[command]]))
+    if command == "learner":
+        env.setdefault("A3C_LISTEN", f"127.0.0.1:{learner_grpc}")
+    return [sys.executable, "-m", "a3c", *argv[3:]], env
 
 
 def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe, tmp_path: Path) -> None:
@@ -218,7 +277,7 @@ def test_rehearse_docker_compose(tmp_path):
 
     def service(name: str, metrics_port: int) -> Service:
         spec = services[name]
-        return Service(argv=list(spec["command"]), env={k: str(v) for k, v in spec["environment"].items()},
+        return Service(argv=list(spec["command"]), env={k: str(v) for k, v in spec.get("environment", {}).items()},
                        ports={metrics_port: free_port()})
 
     learner = service("learner", 9400)

@@ -1,0 +1,174 @@
+"""docker-compose.yml run as the README says, under a real engine: one stack, taken through a user's day in order
+(up with 8 actors, scale, stop and start the learner, kill it, down and up, down -v). Pong, as shipped."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import statistics
+import time
+
+import pytest
+
+from tests.containers.engine import REPORT, HealthWatch, Stack
+from tests.dashboard import panel_expressions
+from tests.processes import wait_for
+
+pytestmark = pytest.mark.containers
+
+SERVICES = ("learner", "actor", "prometheus")  # and grafana, whose image cannot be had here
+
+
+@pytest.fixture(scope="module")
+def stack(engine, image):
+    stack = Stack(engine, f"a3ctest{os.getpid()}")
+    stack.volumes_before = {v.name for v in engine.volumes.list()}
+    stack.watch = HealthWatch(stack)
+    yield stack
+    stack.watch.close()
+    stack.compose("down", "--volumes", "--timeout", "60")
+
+
+def up(stack: Stack, *scale: str) -> None:
+    stack.compose("up", "--detach", "--no-build", *scale, *SERVICES)
+
+
+def wait_healthy(stack: Stack, containers, timeout: float = 180) -> float:
+    """Wait until every container's health check passes; the time it did."""
+    wait_for(lambda: all(stack.health(c) == "healthy" for c in containers), timeout,
+             f"{', '.join(c.name for c in containers)} to be healthy")
+    return time.time()
+
+
+def version(stack: Stack) -> float:
+    return stack.learner_metric("a3c_learner_param_version")
+
+
+def wait_actors_scraped(stack: Stack, actors) -> None:
+    """Prometheus's DNS discovery lists exactly these actors, up, and the learner."""
+    def scraped() -> bool:
+        found = {t["labels"]["instance"].rsplit(":", 1)[0] for t in stack.prometheus_targets("actor")}
+        return found == {stack.ip(a) for a in actors} and len(stack.prometheus_targets("learner")) == 1
+    wait_for(scraped, 120, f"Prometheus to scrape the learner and {len(actors)} actors")
+
+
+def wait_every_actor_pushes(stack: Stack, actors, after: dict[str, float] | None = None) -> None:
+    after = after or {}
+    wait_for(lambda: all(stack.accepted_pushes(a) > after.get(a.id, 0) for a in actors), 240,
+             "a new accepted push from every actor")
+
+
+def incarnations(actors) -> dict[str, tuple[str, int]]:
+    for actor in actors:
+        actor.reload()
+    return {a.id: (a.attrs["State"]["StartedAt"], a.attrs["RestartCount"]) for a in actors}
+
+
+def frames_per_second(stack: Stack, seconds: float = 30) -> float:
+    start, frames = time.monotonic(), stack.learner_metric("a3c_learner_env_frames_total")
+    time.sleep(seconds)  # a measurement window, not a synchronisation
+    return (stack.learner_metric("a3c_learner_env_frames_total") - frames) / (time.monotonic() - start)
+
+
+def test_up_with_eight_actors_all_push_are_scraped_and_stay_healthy(stack):
+    up(stack, "--scale", "actor=8")
+    learner, actors = stack.learner(), stack.containers("actor")
+    assert len(actors) == 8
+    wait_every_actor_pushes(stack, actors)
+    wait_for(lambda: stack.learner_metric("a3c_learner_actors_active") == 8, 60, "the learner to count 8 actors")
+    wait_actors_scraped(stack, actors)
+    wait_for(lambda: not [title for title, expr in panel_expressions() if not stack.prometheus_query(expr)], 120,
+             "every dashboard expression to return data")
+    healthy = wait_healthy(stack, [learner, *actors])
+    assert "is not built" not in stack.logs(learner)  # the C loops are in the image and used
+    REPORT["8 actors"] = f"{frames_per_second(stack):,.0f} frames/s"
+    for service, seconds in stack.watch.seconds.items():
+        REPORT[f"{service} health checks"] = (f"{len(seconds)} with up to 8 actors, median "
+                                              f"{statistics.median(seconds):.2f} s, longest {max(seconds):.2f} s")
+    assert not stack.watch.failures_after_first_pass(), stack.watch.failures_after_first_pass()
+    assert stack.watch.checks > 2 * 9 and not stack.watch.failures_since(healthy - 60)
+
+
+def test_both_services_run_on_a_read_only_root_filesystem(stack):
+    for container in (stack.learner(), stack.containers("actor")[0]):
+        assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
+        result = container.exec_run(["touch", "/opt/venv/written"])
+        assert result.exit_code != 0 and b"Read-only file system" in result.output
+        assert container.exec_run(["touch", "/tmp/written"]).exit_code == 0
+
+
+def test_replicas_without_a_seed_each_derive_their_own(stack):
+    seeds = {}
+    for actor in stack.containers("actor"):
+        found = re.search(r"seed (\d+) \(derived from the name ([\w.-]+)\)", stack.logs(actor))
+        assert found, stack.logs(actor)[-2000:]
+        assert found.group(2).startswith(actor.attrs["Config"]["Hostname"])
+        seeds[actor.name] = int(found.group(1))
+    assert len(set(seeds.values())) == len(seeds) == 8, seeds
+
+
+def test_scaling_8_to_2_to_6_while_training(stack):
+    for count in (2, 6):
+        before = version(stack)
+        up(stack, "--no-recreate", "--scale", f"actor={count}")
+        actors = stack.containers("actor")
+        assert len(actors) == count
+        wait_actors_scraped(stack, actors)
+        wait_every_actor_pushes(stack, actors)
+        wait_for(lambda: version(stack) >= before + 50, 120, "the version to keep climbing")
+
+
+def test_learner_stop_and_start_resumes_and_every_actor_reconnects(stack):
+    actors = stack.containers("actor")
+    started, pushes = incarnations(actors), {a.id: stack.accepted_pushes(a) for a in actors}
+    stack.compose("stop", "learner")
+    stopped_at = int(re.findall(r"stopped at version (\d+)", stack.logs(stack.learner()))[-1])
+    stack.compose("start", "learner")
+    healthy = wait_healthy(stack, [stack.learner()])
+    assert stack.learner_metric("a3c_learner_checkpoint_version") == stopped_at
+    assert f"at version {stopped_at} " in stack.logs(stack.learner()).rsplit("resumed from", 1)[-1]
+    wait_every_actor_pushes(stack, actors, after=pushes)
+    assert incarnations(actors) == started  # reconnected on their own, no container restarted
+    assert not stack.watch.failures_since(healthy)
+
+
+def test_learner_killed_is_restarted_from_the_volume_and_every_actor_reconnects(stack):
+    actors, learner = stack.containers("actor"), stack.learner()
+    started, pushes = incarnations(actors), {a.id: stack.accepted_pushes(a) for a in actors}
+    checkpoint, reached = stack.learner_metric("a3c_learner_checkpoint_version"), version(stack)
+    restarts = learner.attrs["RestartCount"]
+    # A crash, as the OOM killer would do it: `docker kill` would count as a stop the restart policy respects.
+    os.kill(learner.attrs["State"]["Pid"], signal.SIGKILL)
+    wait_for(lambda: stack.learner().attrs["RestartCount"] == restarts + 1, 60, "the engine to restart the learner")
+    healthy = wait_healthy(stack, [stack.learner()])
+    assert stack.learner_metric("a3c_learner_checkpoint_version") == checkpoint < reached
+    wait_every_actor_pushes(stack, actors, after=pushes)
+    assert incarnations(actors) == started
+    assert not stack.watch.failures_since(healthy)
+
+
+def test_down_then_up_resumes_from_the_named_volume_with_two_actors(stack):
+    reached = version(stack)
+    stack.compose("down", "--timeout", "60")
+    assert stack.volumes() == {f"{stack.project}_checkpoints", f"{stack.project}_prometheus-data"}
+    up(stack)
+    actors = stack.containers("actor")
+    assert len(actors) == 2  # the compose file's replicas
+    wait_healthy(stack, [stack.learner()])
+    assert stack.learner_metric("a3c_learner_checkpoint_version") >= reached  # the final checkpoint of `down`
+    wait_every_actor_pushes(stack, actors)
+    REPORT["2 actors"] = f"{frames_per_second(stack):,.0f} frames/s"
+
+
+def test_down_volumes_starts_fresh_and_leaves_no_volume_behind(stack):
+    stack.compose("down", "--volumes", "--timeout", "60")
+    assert stack.volumes() == set()
+    up(stack)
+    wait_healthy(stack, [stack.learner()])
+    assert stack.learner_metric("a3c_learner_checkpoint_version") == -1
+    assert "resumed from" not in stack.logs(stack.learner())
+    for container in [stack.learner(), *stack.containers("actor")]:
+        assert not [m for m in container.attrs["Mounts"] if m["Type"] == "volume" and m["Name"] not in stack.volumes()]
+    stack.compose("down", "--volumes", "--timeout", "60")
+    assert {v.name for v in stack.engine.volumes.list()} <= stack.volumes_before

@@ -146,7 +146,3 @@ def build_model(spec: ModelSpec) -> ActorCritic:
 def parameter_layout(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of each trainable parameter, in state_dict order: the order tensors travel in."""
     return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
-
-
-def parameter_bytes(model: nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())

@@ -5,6 +5,8 @@ from __future__ import annotations
 from a3c.model import ModelSpec
 from proto import a3c_pb2 as pb
 
+# The gRPC service's full name, as routes, health checks and probes spell it.
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Learner"].full_name
 # Room beyond the raw tensor bytes for names, shapes, episode returns and framing.
 _MESSAGE_HEADROOM = 256 * 1024
 

@@ -15,7 +15,7 @@ import grpc
 
 from a3c import codec
 from a3c.errors import UserFacingError
-from a3c.wire import channel_options
+from a3c.wire import SERVICE_NAME, channel_options
 from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
@@ -23,7 +23,6 @@ from proto import a3c_pb2_grpc as pb_grpc
 log = logging.getLogger("actor")
 Message = TypeVar("Message")
 WAIT_REPORT_SECONDS = 30.0
-_SERVICE = pb.DESCRIPTOR.services_by_name["Learner"].full_name
 _GRADIENTS_FIELD = pb.PushGradientsRequest.DESCRIPTOR.fields_by_name["gradients"].number
 # The learner is away, starting, stopping or busy: worth trying again after a pause.
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -112,7 +111,7 @@ class LearnerClient:
         self._channel = self._open(channel_options(spec.max_message_bytes))
         self._stub = pb_grpc.LearnerStub(self._channel)
         # Pushes go out as bytes assembled by codec.encode_field, so the gradients are never copied into a message.
-        self._push_bytes = self._channel.unary_unary(f"/{_SERVICE}/PushGradients",
+        self._push_bytes = self._channel.unary_unary(f"/{SERVICE_NAME}/PushGradients",
                                                      response_deserializer=pb.PushGradientsResponse.FromString)
         return spec
 

@@ -36,10 +36,11 @@ from grpc_health.v1 import health, health_pb2
 from a3c.codec import Layout
 from a3c.config import LearnerConfig
 from a3c.memory import keep_freed_memory
+from a3c.wire import SERVICE_NAME
 from learner.global_model import ParamsEncoder, push_reply
 from learner.grpc_server import bound_server
 from learner.metrics import LearnerMetrics
-from learner.servicer import SERVICE_NAME, STARTING, GradientCheck, LearnerServicer, PushRefused, before, deadline_of
+from learner.servicer import STARTING, GradientCheck, LearnerServicer, PushRefused, before, deadline_of
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 

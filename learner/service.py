@@ -28,7 +28,8 @@ from learner.global_model import GlobalModel
 from learner.grpc_server import bound_server
 from learner.metrics import LearnerMetrics
 from learner.optimizers import fused_step_available
-from learner.servicer import SERVICE_NAME, LearnerServicer
+from a3c.wire import SERVICE_NAME
+from learner.servicer import LearnerServicer
 from learner.stats import TrainingStats, format_progress
 from proto import a3c_pb2 as pb
 

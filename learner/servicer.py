@@ -20,6 +20,7 @@ import torch
 
 from a3c import codec
 from a3c.codec import Layout, split_views
+from a3c.wire import SERVICE_NAME
 from learner.global_model import GlobalModel, push_reply
 from learner.metrics import LearnerMetrics
 from learner.stats import TrainingStats
@@ -29,7 +30,6 @@ from proto import a3c_pb2_grpc as pb_grpc
 log = logging.getLogger("learner")
 # Actors clip to max_grad_norm; this much above it allows for 16-bit rounding on the wire, nothing more.
 NORM_TOLERANCE = 1.01
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Learner"].full_name
 T = TypeVar("T")
 STARTING = "the learner is starting or stopping"
 

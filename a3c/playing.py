@@ -18,7 +18,7 @@ from a3c.envs import make_env, observation_array
 from a3c.errors import UserFacingError
 from a3c.model import ActorCritic, ModelSpec, build_model
 
-# The Pong network that ships with the package (`a3c export` made it; the README says how it was trained).
+# The Pong network that ships with the package (`a3c export` made it; docs/learning.md says how it was trained).
 SHIPPED = Path(__file__).resolve().parent / "pretrained" / "pong.pt"
 VIDEO_SUFFIXES = (".gif", ".mp4")
 

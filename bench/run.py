@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: short windows, one actor count")
     parser.add_argument("--output", default="bench/results.json")
     parser.add_argument("--train-args", default="", help="extra `a3c train` flags for the end-to-end runs, to "
-                        "measure a lever against the defaults (the README table uses none)")
+                        "measure a lever against the defaults (docs/benchmarks.md's table uses none)")
     parser.add_argument("--only", choices=("e2e", "capacity"), help="run one part alone and print its JSON "
                         "(to compare levers); writes no report")
     parser.add_argument("--learner-args", default="", help="extra `a3c learner` flags for the capacity run")

@@ -20,13 +20,26 @@ DEPLOY = ROOT / "deploy"
 PROMETHEUS_CONFIGS = sorted((DEPLOY / "prometheus").glob("*.yml"))
 
 
-@pytest.fixture
-def cluster(tmp_path):
+def start_cluster(tmp: Path):
     """A CartPole learner and two actors as real processes."""
-    run = LocalRun(tmp_path)
+    run = LocalRun(tmp)
     run.start_learner()
     run.start_actor()
     run.start_actor()
+    return run
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    run = start_cluster(tmp_path)
+    yield run
+    run.close()
+
+
+@pytest.fixture(scope="module")
+def scraped_cluster(tmp_path_factory):
+    """One cluster for every way of scraping it: each test only reads its metrics."""
+    run = start_cluster(tmp_path_factory.mktemp("cluster"))
     yield run
     run.close()
 
@@ -137,11 +150,11 @@ def scrape_pod_monitor(run: LocalRun, targets: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("scrape", [scrape_a3c_train, scrape_compose, scrape_kubernetes_annotations,
                                     scrape_pod_monitor], ids=lambda f: f.__name__.removeprefix("scrape_"))
-def test_real_prometheus_scrapes_everything_the_dashboard_queries(cluster, tmp_path, scrape):
+def test_real_prometheus_scrapes_everything_the_dashboard_queries(scraped_cluster, tmp_path, scrape):
     """Each way of deploying gives the series the labels the dashboard filters on (job learner and actor)."""
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
-    config["scrape_configs"] = scrape(cluster, tmp_path / "targets.json")
+    config["scrape_configs"] = scrape(scraped_cluster, tmp_path / "targets.json")
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     web = free_port()
     prometheus = subprocess.Popen([tool("prometheus"), f"--config.file={tmp_path / 'prometheus.yml'}",

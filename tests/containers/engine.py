@@ -23,8 +23,8 @@ from tests.processes import ROOT, http_get, parse_metric
 
 IMAGE = compose()["x-a3c"]["image"]  # the image the compose file runs
 DOCKERFILE = "deploy/Dockerfile"
-# What the Dockerfile copies: a build from a copy of these is the same build as from the repository.
 REPORT: dict[str, str] = {}  # what the run measured, printed at its end
+# What the Dockerfile copies: a build from a copy of these is the same build as from the repository.
 BUILD_INPUTS = ("pyproject.toml", "README.md", "proto", "a3c", "learner", "actor", "deploy/Dockerfile")
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from typing import Iterator
+from urllib.parse import urlencode
 
-from tests.processes import ROOT
+from tests.processes import ROOT, http_get
 
 DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 
@@ -16,3 +17,10 @@ def panel_expressions() -> Iterator[tuple[str, str]]:
         for panel in json.loads(path.read_text())["panels"]:
             for target in panel.get("targets", []):
                 yield panel["title"], target["expr"].replace("$__rate_interval", "1m")
+
+
+def prometheus_query(web: str, expr: str) -> list:
+    """The result of an instant query to the Prometheus at `web` (HOST:PORT)."""
+    reply = json.loads(http_get(f"http://{web}/api/v1/query?" + urlencode({"query": expr})))
+    assert reply["status"] == "success", reply
+    return reply["data"]["result"]

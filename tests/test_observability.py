@@ -5,14 +5,13 @@ import json
 import re
 import subprocess
 import time
-import urllib.parse
 from pathlib import Path
 
 import pytest
 import yaml
 
 from a3c.local import free_port, write_scrape_targets
-from tests.dashboard import panel_expressions
+from tests.dashboard import panel_expressions, prometheus_query
 from tests.deployment import POD_MONITOR, manifest, rendered_manifests
 from tests.processes import ROOT, LocalRun, http_get, stop, tool, wait_for
 
@@ -162,10 +161,7 @@ def test_real_prometheus_scrapes_everything_the_dashboard_queries(scraped_cluste
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def query(expr: str) -> list:
-        url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        reply = json.loads(http_get(url))
-        assert reply["status"] == "success", reply
-        return reply["data"]["result"]
+        return prometheus_query(f"127.0.0.1:{web}", expr)
 
     try:
         wait_for(lambda: "Ready" in http_get(f"http://127.0.0.1:{web}/-/ready", timeout=1), 30,

@@ -12,17 +12,18 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import urlencode
 
 import docker
 import docker.errors
 from docker.models.containers import Container
 
+from tests.dashboard import prometheus_query
 from tests.deployment import COMPOSE, compose
 from tests.processes import ROOT, http_get, parse_metric
 
 IMAGE = compose()["x-a3c"]["image"]  # the image the compose file runs
 DOCKERFILE = "deploy/Dockerfile"
+PROMETHEUS = "127.0.0.1:9090"  # where the compose file publishes it
 REPORT: dict[str, str] = {}  # what the run measured, printed at its end
 # What the Dockerfile copies: a build from a copy of these is the same build as from the repository.
 BUILD_INPUTS = ("pyproject.toml", "README.md", "proto", "a3c", "learner", "actor", "deploy/Dockerfile")
@@ -111,13 +112,11 @@ class Stack:
         return {v.name for v in self.engine.volumes.list(filters={"label": f"com.docker.compose.project={self.project}"})}
 
     def prometheus_query(self, expr: str) -> list:
-        reply = json.loads(http_get("http://127.0.0.1:9090/api/v1/query?" + urlencode({"query": expr})))
-        assert reply["status"] == "success", reply
-        return reply["data"]["result"]
+        return prometheus_query(PROMETHEUS, expr)
 
     def prometheus_targets(self, job: str) -> list[dict]:
         """The active scrape targets of a job that are up."""
-        reply = json.loads(http_get("http://127.0.0.1:9090/api/v1/targets?state=active"))
+        reply = json.loads(http_get(f"http://{PROMETHEUS}/api/v1/targets?state=active"))
         return [t for t in reply["data"]["activeTargets"] if t["labels"]["job"] == job and t["health"] == "up"]
 
 
@@ -127,7 +126,6 @@ class HealthWatch:
 
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.checks = 0
         self.seconds: dict[str, list[float]] = collections.defaultdict(list)  # service -> each check's duration
         self.failures: dict[tuple[str, float], str] = {}  # (container name, start in epoch seconds) -> output
         self._incarnation: dict[tuple[str, float], tuple[str, str]] = {}  # check -> (container id, started at)
@@ -148,7 +146,6 @@ class HealthWatch:
                         if key in self._incarnation:
                             continue
                         self._incarnation[key] = incarnation
-                        self.checks += 1
                         self.seconds[container.labels["com.docker.compose.service"]].append(
                             epoch_seconds(check["End"]) - key[1])
                         if check["ExitCode"] == 0:

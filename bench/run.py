@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from a3c.config import ActorConfig, HyperParams
 from a3c.envs import describe_env
-from a3c.local import free_port, last_record
+from apps.local import free_port, last_record
 from bench.capacity import Pushers
 from bench.ceiling import measure_ceiling
 
@@ -89,7 +89,7 @@ def end_to_end(env_id: str, actors: int, window: float, warmup: float, windows: 
                train_args: list[str] = ()) -> dict:
     """`a3c train` (defaults plus `train_args`): frames/s of `windows` windows after `warmup` seconds of training."""
     run_dir = Path(tempfile.mkdtemp(prefix=f"e2e-{actors}-", dir=workdir))  # fresh: a used one would resume
-    proc = subprocess.Popen([sys.executable, "-m", "a3c", "train", "--env", env_id, "--actors", str(actors),
+    proc = subprocess.Popen([sys.executable, "-m", "apps", "train", "--env", env_id, "--actors", str(actors),
                              "--run-dir", str(run_dir), "--log-interval", "1", *train_args],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:  # whatever happens, the run and its processes stop with this measurement
@@ -187,7 +187,7 @@ def private_memory_by_service(pid: int) -> dict[str, list[float]]:
 def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, workdir: Path,
                      learner_args: list[str] = ()) -> dict:
     port, metrics_port = free_port(), free_port()
-    learner = subprocess.Popen([sys.executable, "-m", "a3c", "learner", "--env", env_id, "--listen",
+    learner = subprocess.Popen([sys.executable, "-m", "apps", "learner", "--env", env_id, "--listen",
                                 f"127.0.0.1:{port}", "--metrics-port", str(metrics_port), "--checkpoint-dir",
                                 str(workdir / "capacity"), "--max-staleness", "100000000", "--log-interval", "60", *learner_args],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -6,7 +6,7 @@
 set -euo pipefail
 RATE=${1:?rate, such as 200mbit}; WIRE=${2:-float16}; SECONDS_RUN=${3:-100}
 cd "$(dirname "$0")/.."
-A3C=(.venv/bin/python -m a3c)
+A3C=(.venv/bin/python -m apps)
 NS=a3c-bench-actors
 WORK=$(mktemp -d)
 cleanup() {

@@ -65,5 +65,5 @@ def rejections(learner: LearnerService) -> dict[str, float]:
 
 def run_a3c(*args: str, timeout: float = 120, env: dict | None = None, cwd=None):
     """Run the real `a3c` command in a fresh process."""
-    return subprocess.run([sys.executable, "-m", "a3c", *args], capture_output=True, text=True, timeout=timeout,
+    return subprocess.run([sys.executable, "-m", "apps", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=cwd or ROOT)

@@ -13,7 +13,7 @@ from typing import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from a3c.local import free_port
+from apps.local import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,7 +29,7 @@ def tool(name: str) -> str:
 def start_a3c(*args: str, log: Path, **kwargs) -> subprocess.Popen:
     """`a3c ARGS...` in its own process, stdout and stderr to `log`."""
     handle = open(log, "a")
-    return subprocess.Popen([sys.executable, "-m", "a3c", *args], cwd=ROOT, stdout=handle, stderr=handle,
+    return subprocess.Popen([sys.executable, "-m", "apps", *args], cwd=ROOT, stdout=handle, stderr=handle,
                             text=True, **kwargs)
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from a3c import config
-from a3c.cli import build_parser
+from apps.cli import build_parser
 from tests.conftest import run_a3c
 
 

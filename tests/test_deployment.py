@@ -24,8 +24,8 @@ import pytest
 import yaml
 
 from a3c import config
-from a3c.health import check_grpc, check_http
-from a3c.local import free_port
+from apps.health import check_grpc, check_http
+from apps.local import free_port
 from tests.deployment import COMPOSE, POD_MONITOR, compose, image_runtime, manifest, rendered_manifests
 from tests.processes import ROOT, metric, stop, tool, wait_for
 
@@ -230,7 +230,7 @@ def localize(service: Service, learner_grpc: int, data_dir: Path) -> tuple[list[
     env.setdefault("A3C_METRICS_PORT", str(ports[{"learner": 9400, "actor": 9401}[command]]))
     if command == "learner":
         env.setdefault("A3C_LISTEN", f"127.0.0.1:{learner_grpc}")
-    return [sys.executable, "-m", "a3c", *argv[3:]], env
+    return [sys.executable, "-m", "apps", *argv[3:]], env
 
 
 def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe, tmp_path: Path) -> None:
@@ -268,7 +268,7 @@ def run_compose_test(test: list[str], ports: dict[int, int]) -> bool:
     assert test[0] == "CMD"
     argv = [re.sub(r"(?<=:)(\d+)(?=$|/)", lambda m: str(ports.get(int(m.group(1)), m.group(1))), a) for a in test[1:]]
     assert argv[0] == "a3c"
-    return subprocess.run([sys.executable, "-m", "a3c", *argv[1:]], capture_output=True, timeout=30).returncode == 0
+    return subprocess.run([sys.executable, "-m", "apps", *argv[1:]], capture_output=True, timeout=30).returncode == 0
 
 
 @pytest.mark.slow

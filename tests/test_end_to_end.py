@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from a3c.curves import read_progress
+from apps.curves import read_progress
 from tests.conftest import ROOT, run_a3c
 
 
@@ -68,7 +68,7 @@ def test_pong_smoke_two_actors(tmp_path):
 def test_ctrl_c_stops_every_process_and_still_reports(tmp_path, sigint_at_start):
     run_dir = tmp_path / "run"
     ignore_sigint = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_at_start == "ignored" else None
-    proc = subprocess.Popen([sys.executable, "-m", "a3c", "train", "--env", "CartPole-v1", "--actors", "2",
+    proc = subprocess.Popen([sys.executable, "-m", "apps", "train", "--env", "CartPole-v1", "--actors", "2",
                              "--run-dir", str(run_dir), "--log-interval", "1"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=ignore_sigint)

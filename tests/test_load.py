@@ -12,7 +12,7 @@ import torch
 
 from a3c import codec
 from a3c.envs import describe_env
-from a3c.health import check_grpc
+from apps.health import check_grpc
 from a3c.model import ModelSpec, build_model, parameter_layout
 from a3c.wire import channel_options, message_limit
 from proto import a3c_pb2 as pb

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from a3c.local import free_port, write_scrape_targets
+from apps.local import free_port, write_scrape_targets
 from tests.dashboard import panel_expressions, prometheus_query
 from tests.deployment import POD_MONITOR, manifest, rendered_manifests
 from tests.processes import ROOT, LocalRun, http_get, stop, tool, wait_for

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from a3c import checkpoints, playing
+from a3c import checkpoints
+from apps import playing
 from tests.conftest import run_a3c
 
 

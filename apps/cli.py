@@ -31,14 +31,14 @@ def _run_actor(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from a3c.local import train
+    from apps.local import train
 
     return train(config.from_args(config.RunLimits, args), config.from_args(config.LearnerConfig, args),
                  config.from_args(config.ActorConfig, args))
 
 
 def _run_health(args: argparse.Namespace) -> int:
-    from a3c import health
+    from apps import health
 
     if args.grpc:
         health.check_grpc(args.grpc, args.service, args.timeout)
@@ -48,7 +48,7 @@ def _run_health(args: argparse.Namespace) -> int:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from a3c import playing
+    from apps import playing
 
     policy = playing.load_policy(args.checkpoint or playing.SHIPPED)
     print(playing.format_evaluation(policy, playing.evaluate(policy, args.episodes, args.seed)), flush=True)
@@ -56,7 +56,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_play(args: argparse.Namespace) -> int:
-    from a3c import playing
+    from apps import playing
 
     if args.video and not args.video.lower().endswith(playing.VIDEO_SUFFIXES):
         raise config.ConfigError(f"--video must name a .gif or .mp4 file, got {args.video!r}")
@@ -73,14 +73,14 @@ def _run_play(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from a3c import playing
+    from apps import playing
 
     print(f"wrote {playing.export_policy(args.checkpoint, args.output, args.note)}")
     return 0
 
 
 def _run_plot(args: argparse.Namespace) -> int:
-    from a3c.curves import plot_runs
+    from apps.curves import plot_runs
 
     for path in plot_runs(args.run_dirs, args.output_dir):
         print(f"wrote {path}")

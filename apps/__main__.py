@@ -1,5 +1,5 @@
 import sys
 
-from a3c.cli import main
+from apps.cli import main
 
 sys.exit(main())

@@ -1,6 +1,6 @@
 """`a3c train`: one learner and N actors as local processes on loopback, the same code the containers run.
 
-The launcher only starts processes (`python -m a3c learner|actor` with flags), follows the learner's
+The launcher only starts processes (`python -m apps learner|actor` with flags), follows the learner's
 progress file, and stops everything in order: actors first, then the learner, which writes its final
 progress record and checkpoint.
 """
@@ -46,7 +46,7 @@ def _die_with_parent() -> None:
 def _spawn(args: list[str]) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
-    return subprocess.Popen([sys.executable, "-m", "a3c", *args], env=env, preexec_fn=preexec)
+    return subprocess.Popen([sys.executable, "-m", "apps", *args], env=env, preexec_fn=preexec)
 
 
 def _stop(processes: list[subprocess.Popen], timeout: float) -> None:

@@ -45,7 +45,7 @@ class CodecError(ValueError):
 
 
 def fast_conversions_available() -> bool:
-    """Whether a3c/_wire.c was built: FlatField and decode_flat then take one pass in C."""
+    """Whether a3c/_wire.c was built: write_into and decode_flat then take one pass in C."""
     return _wire is not None
 
 
@@ -62,7 +62,7 @@ def wire_dtype(name: str) -> int:
     return WIRE_DTYPES[_BY_NAME[name]]
 
 
-def _raw(name: str, tensor: Wireable, dtype: torch.dtype | None) -> tuple[int, list[int], bytes, list[float]]:
+def tensor_bytes(name: str, tensor: Wireable, dtype: torch.dtype | None) -> tuple[int, list[int], bytes, list[float]]:
     """(wire dtype, shape, little-endian bytes, scales) of a tensor, converted to `dtype` first when given:
     a float tensor asked for in int8 is quantized to the nearest values (see `to_int8_wire`)."""
     if dtype == torch.int8:
@@ -80,90 +80,21 @@ def _raw(name: str, tensor: Wireable, dtype: torch.dtype | None) -> tuple[int, l
 
 def encode(name: str, tensor: Wireable, dtype: torch.dtype | None = None) -> pb.Tensor:
     """One tensor as a message; converted to `dtype` first when given. Handles any layout, even empty."""
-    wire, shape, data, scales = _raw(name, tensor, dtype)
+    wire, shape, data, scales = tensor_bytes(name, tensor, dtype)
     return pb.Tensor(name=name, dtype=wire, shape=shape, data=data, scales=scales)
 
 
-def tag_and_length(field_number: int, length: int) -> bytes:
-    """The key and length prefix of a length-delimited protobuf field (wire type 2)."""
-    out = bytearray()
-    for value in ((field_number << 3) | 2, length):
-        while value > 0x7F:
-            out.append((value & 0x7F) | 0x80)
-            value >>= 7
-        out.append(value)
-    return bytes(out)
+def write_into(flat: torch.Tensor, template: bytes, regions: list[tuple[int, int, int]], dtype: torch.dtype,
+               prefix: bytes = b"") -> bytes | None:
+    """`prefix` + `template` with each region (start and count in `flat`, byte offset in `template`) overwritten
+    by those values of `flat` (contiguous float32) converted to `dtype`, in one pass of C; None where
+    a3c/_wire.c is not built."""
+    if _wire is None:
+        return None
+    return _wire.encode(flat.numpy(), template, regions, _C_KINDS[dtype], prefix)
 
 
-_DATA_FIELD = pb.Tensor.DESCRIPTOR.fields_by_name["data"].number
-
-
-def embed(field_number: int, pieces: list[bytes]) -> list[bytes]:
-    """A length-delimited field whose payload is the concatenation of `pieces` (a sub-message), as pieces."""
-    return [tag_and_length(field_number, sum(map(len, pieces))), *pieces]
-
-
-def encode_field(field_number: int, named: Iterable[tuple[str, Wireable]],
-                 dtype: torch.dtype | None = None) -> list[bytes]:
-    """A `repeated Tensor` field as serialized protobuf pieces, to be joined once with the rest of a message.
-
-    The bytes protobuf itself would write (parsers accept fields in any order), but the tensor payloads are never
-    copied into and back out of message objects: for a 2.7 MB model that copying cost the learner more than the
-    optimizer step. Joined after a message's own SerializeToString(), it parses as that message with the field set.
-    """
-    pieces: list[bytes] = []
-    for name, tensor in named:
-        pieces += _tensor_pieces(field_number, name, *_raw(name, tensor, dtype))
-    return pieces
-
-
-def _tensor_pieces(field_number: int, name: str, wire: int, shape: list[int], data: bytes,
-                   scales: list[float]) -> list[bytes]:
-    """One element of a `repeated Tensor` field; its data, when there is any, is the last piece."""
-    head = pb.Tensor(name=name, dtype=wire, shape=shape, scales=scales).SerializeToString()
-    body = [head, tag_and_length(_DATA_FIELD, len(data)), data] if data else [head]  # proto3 omits b""
-    return embed(field_number, body)
-
-
-def encode_flat_field(field_number: int, layout: Layout, flat: torch.Tensor, dtype: torch.dtype | None,
-                      prefix: bytes = b"") -> bytes:
-    """`encode_field` of the parts of one flat buffer (`layout` order), joined after `prefix`: torch's passes, for
-    any wire dtype (FlatField's one pass in C takes the float ones)."""
-    named = zip((name for name, _ in layout), split_views(flat.detach(), layout))
-    return b"".join([prefix, *encode_field(field_number, named, dtype)])
-
-
-class FlatField:
-    """A `repeated Tensor` field of the parts of one flat float32 buffer (`layout` order) in one float wire dtype,
-    serialized as one bytes object: the bytes `encode_field` writes for the same tensors. With a3c/_wire.c the
-    values are converted straight into that object (on the Pong network the learner's reply encoding went from
-    several passes and a copy per tensor to one pass); without it, torch converts and the pieces are joined."""
-
-    def __init__(self, field_number: int, layout: Layout, dtype: torch.dtype) -> None:
-        if dtype not in _C_KINDS:
-            raise ValueError(f"FlatField carries float32, float16 or bfloat16, not {dtype}")
-        self.field_number, self.layout, self.dtype = field_number, list(layout), dtype
-        template, self.regions, start = [], [], 0
-        for name, shape in self.layout:
-            count = math.prod(shape)
-            data = bytes(count * dtype.itemsize)
-            pieces = _tensor_pieces(field_number, name, WIRE_DTYPES[dtype], list(shape), data, [])
-            offset = sum(map(len, template)) + sum(map(len, pieces[:-1]))
-            if data:
-                self.regions.append((start, count, offset))
-            template += pieces
-            start += count
-        self.num_values = start
-        self.template = b"".join(template)
-
-    def encode(self, flat: torch.Tensor, prefix: bytes = b"") -> bytes:
-        """The field's bytes, after `prefix` (the start of the message, say) in the same bytes object."""
-        flat = flat.detach()
-        if flat.dtype != torch.float32 or flat.numel() != self.num_values or not flat.is_contiguous():
-            raise ValueError(f"expected a contiguous float32 buffer of {self.num_values} values")
-        if _wire is None:
-            return encode_flat_field(self.field_number, self.layout, flat, self.dtype, prefix)
-        return _wire.encode(flat.numpy(), self.template, self.regions, _C_KINDS[self.dtype], prefix)
+C_DTYPES = tuple(_C_KINDS)  # the float dtypes write_into and decode_flat convert in C
 
 
 def decode(message: pb.Tensor, as_dtype: torch.dtype | None = None, out: torch.Tensor | None = None) -> torch.Tensor:

@@ -69,8 +69,8 @@ def _uniform_noise(numel: int, generator: torch.Generator | None) -> torch.Tenso
     return _noise[offset:offset + numel]
 
 
-# Smaller tensors (biases, output heads) travel as float16 even on an int8 wire: well under 1% of the Pong network's
-# bytes, but each quantized tensor costs about 0.1 ms of fixed overhead to round and to decode.
+# Smaller tensors (biases, output heads) travel as float16 even on an int8 wire: a sliver of the bytes, and each
+# quantized tensor has a fixed cost to round and to decode.
 QUANTIZE_MIN_VALUES = 4096
 
 

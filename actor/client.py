@@ -9,12 +9,13 @@ import random
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import Callable, TypeVar
 
 import grpc
 
 from a3c import codec
 from a3c.errors import UserFacingError
+from a3c.framing import Push, push_request
 from a3c.wire import SERVICE_NAME, channel_options
 from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
@@ -23,7 +24,6 @@ from proto import a3c_pb2_grpc as pb_grpc
 log = logging.getLogger("actor")
 Message = TypeVar("Message")
 WAIT_REPORT_SECONDS = 30.0
-_GRADIENTS_FIELD = pb.PushGradientsRequest.DESCRIPTOR.fields_by_name["gradients"].number
 # The learner is away, starting, stopping or busy: worth trying again after a pause.
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
@@ -110,7 +110,7 @@ class LearnerClient:
         self.spec = spec
         self._channel = self._open(channel_options(spec.max_message_bytes))
         self._stub = pb_grpc.LearnerStub(self._channel)
-        # Pushes go out as bytes assembled by codec.encode_field, so the gradients are never copied into a message.
+        # Pushes go out as bytes assembled by a3c/framing.py, so the gradients are never copied into a message.
         self._push_bytes = self._channel.unary_unary(f"/{SERVICE_NAME}/PushGradients",
                                                      response_deserializer=pb.PushGradientsResponse.FromString)
         return spec
@@ -144,32 +144,17 @@ class LearnerClient:
         request = pb.GetParamsRequest(actor_id=self.actor_id, have_version=have_version)
         return self._call("GetParams", self._stub.GetParams, request)
 
-    def _push_request(self, seq: int, base_version: int, named_gradients: Iterable[tuple[str, codec.Wireable]],
-                      env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
-                      want_params: bool) -> bytes:
-        head = pb.PushGradientsRequest(
-            actor_id=self.actor_id, seq=seq, base_version=base_version, env_frames=env_frames,
-            agent_steps=agent_steps, episode_returns=episode_returns, loss=loss, want_params=want_params)
-        names, tensors = zip(*named_gradients)
-        wire = codec.gradients_for_wire(tensors, codec.TORCH_DTYPES[self.spec.wire_dtype], self.spec.max_grad_norm)
-        gradients = codec.encode_field(_GRADIENTS_FIELD, zip(names, wire))
-        return b"".join([head.SerializeToString(), *gradients])
+    def _push_request(self, push: Push) -> bytes:
+        return push_request(self.actor_id, push, codec.TORCH_DTYPES[self.spec.wire_dtype], self.spec.max_grad_norm)
 
-    def push(self, seq: int, base_version: int, named_gradients: Iterable[tuple[str, codec.Wireable]],
-             env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
-             want_params: bool = True) -> pb.PushGradientsResponse:
+    def push(self, push: Push) -> pb.PushGradientsResponse:
         """Send one gradient and wait for the reply (on this thread: no helper thread per call)."""
-        request = self._push_request(seq, base_version, named_gradients, env_frames, agent_steps, episode_returns,
-                                     loss, want_params)
-        return self._call("PushGradients", self._push_bytes, request)
+        return self._call("PushGradients", self._push_bytes, self._push_request(push))
 
-    def start_push(self, seq: int, base_version: int, named_gradients: Iterable[tuple[str, codec.Wireable]],
-                   env_frames: int, agent_steps: int, episode_returns: Sequence[float], loss: pb.LossStats,
-                   want_params: bool = True) -> PendingPush:
+    def start_push(self, push: Push) -> PendingPush:
         """Send one gradient and return at once. The gradients are encoded before this returns, so the caller
         may reuse their tensors."""
-        request = self._push_request(seq, base_version, named_gradients, env_frames, agent_steps, episode_returns,
-                                     loss, want_params)
+        request = self._push_request(push)
         start = time.perf_counter()
         call = self._push_bytes.future(request, timeout=self.rpc_timeout, metadata=self._metadata)
         self.metrics.learner_wait_seconds.inc(time.perf_counter() - start)

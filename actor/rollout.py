@@ -48,8 +48,7 @@ class VectorRollout:
             obs[t] = self.obs
             # The convolutions keep their graph, so the gradient needs no second pass through them. The dense
             # layers choose the action without one: run again on the whole rollout at once, their weight gradient
-            # is one matrix product instead of T products of N rows summed (Pong, 8 envs x 20 steps: network time
-            # per rollout 111-136 -> 78-104 ms).
+            # is one matrix product instead of T products of N rows summed.
             features = model.features(torch.from_numpy(obs[t]))
             rollout.features.append(features)
             with torch.no_grad():

@@ -19,6 +19,7 @@ import torch
 from a3c import codec
 from a3c.config import ActorConfig
 from a3c.errors import UserFacingError
+from a3c.framing import Push
 from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import build_model, parameter_layout
@@ -38,9 +39,7 @@ _RESYNC = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.ALREADY_EXISTS)
 @dataclass
 class InFlightPush:
     reply: Callable[[], pb.PushGradientsResponse]  # waits for the learner's answer, or raises grpc.RpcError
-    base_version: int
-    frames: int
-    episode_returns: list[float]
+    push: Push
 
 
 class ActorError(UserFacingError):
@@ -126,30 +125,29 @@ class Actor:
         loss = pb.LossStats(policy_loss=result.policy_loss, value_loss=result.value_loss,
                             entropy=result.entropy, grad_norm=result.grad_norm)
         frames = rollout.agent_steps * spec.frames_per_step
-        push = (self.seq, base_version, zip((n for n, _ in self.layout), result.gradients), frames,
-                rollout.agent_steps, rollout.episode_returns, loss)
+        push = Push(self.seq, base_version, list(zip((n for n, _ in self.layout), result.gradients)), frames,
+                    rollout.agent_steps, rollout.episode_returns, loss)
         if self.config.overlap_pushes:  # answered while the next rollout runs
-            self.in_flight = InFlightPush(self.client.start_push(*push).result, base_version, frames,
-                                          rollout.episode_returns)
+            self.in_flight = InFlightPush(self.client.start_push(push).result, push)
         else:  # a blocking call, which is cheaper than a future
-            self.in_flight = InFlightPush(functools.partial(self.client.push, *push), base_version, frames,
-                                          rollout.episode_returns)
+            self.in_flight = InFlightPush(functools.partial(self.client.push, push), push)
             self._finish_push()
 
     def _finish_push(self) -> None:
         """Wait for the push in flight, count it, and load the parameters that came back with it."""
-        push, self.in_flight = self.in_flight, None
-        if push is None:
+        in_flight, self.in_flight = self.in_flight, None
+        if in_flight is None:
             return
+        push = in_flight.push
         try:
-            reply = push.reply()
+            reply = in_flight.reply()
         except grpc.RpcError as err:
             if err.code() not in _RESYNC:
                 raise
             self.metrics.record_refused()
             self._load(self.client.get_params(-1))
             return
-        self.metrics.record_accepted(push.frames, push.episode_returns, lag=reply.version - 1 - push.base_version)
+        self.metrics.record_accepted(push.env_frames, push.episode_returns, lag=reply.version - 1 - push.base_version)
         self._load(reply.params)
 
     def run(self) -> int:

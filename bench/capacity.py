@@ -17,6 +17,7 @@ import grpc
 import torch
 
 from a3c import codec
+from a3c.framing import Push
 from a3c.model import build_model, parameter_layout
 from a3c.metrics import new_registry
 from a3c.wire import model_spec
@@ -42,7 +43,7 @@ def _push_loop(address: str, name: str, threads: int, pushing: Synchronized, sto
         while not stop.is_set():
             seq += 1
             try:
-                version = client.push(seq, version, gradients, 0, 0, [], pb.LossStats()).version
+                version = client.push(Push(seq, version, gradients, 0, 0, [], pb.LossStats())).version
             except grpc.RpcError:
                 continue
             if not counted:

@@ -35,9 +35,9 @@ from grpc_health.v1 import health, health_pb2
 
 from a3c.codec import Layout
 from a3c.config import LearnerConfig
+from a3c.framing import ParamsEncoder, push_reply
 from a3c.memory import keep_freed_memory
 from a3c.wire import SERVICE_NAME
-from learner.global_model import ParamsEncoder, push_reply
 from learner.grpc_server import bound_server
 from learner.metrics import LearnerMetrics
 from learner.servicer import STARTING, GradientCheck, LearnerServicer, PushRefused, before, deadline_of
@@ -343,7 +343,7 @@ class FrontServicer(pb_grpc.LearnerServicer):
                                                  if field.name != "gradients"})
             version, fresh = self._ask(slot, context, "push", summary.SerializeToString(), gradient_norm,
                                        deadline_of(context))
-            return self.encode.push_reply(version, slot.params) if fresh else push_reply(version, None)
+            return self.encode.push_reply(version, slot.params) if fresh else push_reply(version)
 
 
 class _FollowingHealth(health.HealthServicer):

@@ -9,48 +9,10 @@ from typing import Sequence
 
 import torch
 
-from a3c import codec
-from a3c.codec import Layout, split_views
+from a3c.codec import split_views
+from a3c.framing import ParamsEncoder
 from a3c.model import ModelSpec, build_model, parameter_layout
 from learner.optimizers import make_optimizer
-from proto import a3c_pb2 as pb
-
-
-_TENSORS_FIELD = pb.Params.DESCRIPTOR.fields_by_name["tensors"].number
-_REPLY_PARAMS_FIELD = pb.PushGradientsResponse.DESCRIPTOR.fields_by_name["params"].number
-
-
-class ParamsEncoder:
-    """Parameters (one flat float32 buffer, layout order) as a serialized `Params` message, or as the
-    `PushGradientsResponse` that carries them, each in one bytes object."""
-
-    def __init__(self, layout: Layout, wire_dtype: torch.dtype) -> None:
-        self.layout, self.wire_dtype = list(layout), wire_dtype
-        # Float dtypes in one pass, written after the message's head (no copy to join it); int8 quantizes per tensor.
-        self.field = codec.FlatField(_TENSORS_FIELD, layout, wire_dtype) if wire_dtype.is_floating_point else None
-
-    def params(self, version: int, flat: torch.Tensor) -> bytes:
-        return self._after(pb.Params(version=version).SerializeToString(), flat)
-
-    def push_reply(self, version: int, flat: torch.Tensor) -> bytes:
-        """The reply to a push that made `version`, with the parameters of that version."""
-        if self.field is None:
-            return push_reply(version, self.params(version, flat))
-        head = pb.Params(version=version).SerializeToString()
-        size = len(head) + len(self.field.template)
-        return self._after(b"".join([push_reply(version, None), codec.tag_and_length(_REPLY_PARAMS_FIELD, size), head]),
-                           flat)
-
-    def _after(self, head: bytes, flat: torch.Tensor) -> bytes:
-        if self.field is not None:
-            return self.field.encode(flat, head)
-        return codec.encode_flat_field(_TENSORS_FIELD, self.layout, flat, self.wire_dtype, head)
-
-
-def push_reply(version: int, params: bytes | None) -> bytes:
-    """A serialized PushGradientsResponse, carrying a serialized `Params` when given."""
-    head = pb.PushGradientsResponse(version=version).SerializeToString()
-    return head if params is None else b"".join([head, *codec.embed(_REPLY_PARAMS_FIELD, [params])])
 
 
 class GlobalModel:
@@ -58,8 +20,8 @@ class GlobalModel:
 
     Every parameter lives in one flat float32 buffer, in layout order (the model's tensors are views of it): the
     optimizer step is a few operations on one tensor instead of a few per parameter, a received gradient is
-    decoded straight into one buffer, and the reply's parameters are converted to the wire dtype in one go. On
-    the Pong network that took the RMSProp step from 2.0 to 1.68 ms (1.45 with rsqrt) on a slow 2-core machine.
+    decoded straight into one buffer, and the reply's parameters are converted to the wire dtype in one go
+    (docs/benchmarks.md has the effect).
     """
 
     def __init__(self, spec: ModelSpec, optimizer: str, lr: float, rmsprop_alpha: float = 0.99,
@@ -90,8 +52,7 @@ class GlobalModel:
         """One optimizer step with a flat gradient (or one tensor per parameter, in layout order). Call with `lock`
         held."""
         # Parameters whose gradient is often zero (dead ReLUs) decay RMSProp's running average into denormal
-        # floats, and CPU arithmetic on those is many times slower: a third of the entries after 30,000 Pong
-        # updates, 9.6 ms per step instead of 3. Flushing them to zero changes nothing (sqrt of them is far
+        # floats, on which CPU arithmetic is several times slower; as zeros they change nothing (their sqrt is far
         # below eps). The setting belongs to the calling thread, so each gRPC worker sets it here.
         torch.set_flush_denormal(True)
         if not isinstance(gradient, torch.Tensor):

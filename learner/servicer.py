@@ -21,7 +21,8 @@ import torch
 from a3c import codec
 from a3c.codec import Layout, split_views
 from a3c.wire import SERVICE_NAME
-from learner.global_model import GlobalModel, push_reply
+from a3c.framing import push_reply
+from learner.global_model import GlobalModel
 from learner.metrics import LearnerMetrics
 from learner.stats import TrainingStats
 from proto import a3c_pb2 as pb
@@ -123,7 +124,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             # gRPC may notice a deadline that passed while the push waited for the lock only later: both checks.
             version, reply = self.commit(request, flat, gradient_norm,
                                          lambda: context.is_active() and before(deadline), self.model.push_reply)
-            return push_reply(version, None) if reply is None else reply
+            return push_reply(version) if reply is None else reply
         except PushRefused as refused:
             self.refused(request, refused)
             context.abort(refused.code, f"{refused.reason}: {refused}")
@@ -174,7 +175,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
 
 
 def _serialize(response: object) -> bytes:
-    # Replies that carry parameters are assembled as bytes already (global_model.ParamsEncoder); the rest are messages.
+    # Replies that carry parameters are assembled as bytes already (a3c/framing.py); the rest are messages.
     return response if isinstance(response, bytes) else response.SerializeToString()
 
 

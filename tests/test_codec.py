@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from a3c import codec
+from a3c import codec, framing
 from proto import a3c_pb2 as pb
 
 ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8,
@@ -114,7 +114,7 @@ def test_encode_field_parses_as_the_message_protobuf_would_build(dtype):
     named = [("a", torch.randn(3, 4)), ("b", torch.empty(0)), ("c", torch.randn(300, 200).t())]  # 240 KB
     head = pb.PushGradientsRequest(actor_id="x", seq=7, base_version=3, episode_returns=[1.0], want_params=True)
     field = pb.PushGradientsRequest.DESCRIPTOR.fields_by_name["gradients"].number
-    wire = b"".join([head.SerializeToString(), *codec.encode_field(field, named, dtype)])
+    wire = b"".join([head.SerializeToString(), *framing.encode_field(field, named, dtype)])
     expected = pb.PushGradientsRequest()
     expected.CopyFrom(head)
     expected.gradients.extend(codec.encode_all(named, dtype))
@@ -124,10 +124,10 @@ def test_encode_field_parses_as_the_message_protobuf_would_build(dtype):
 
 def test_embed_nests_pieces_as_a_sub_message():
     params = [pb.Params(version=5).SerializeToString(),
-              *codec.encode_field(pb.Params.DESCRIPTOR.fields_by_name["tensors"].number, [("w", torch.ones(2))])]
+              *framing.encode_field(pb.Params.DESCRIPTOR.fields_by_name["tensors"].number, [("w", torch.ones(2))])]
     field = pb.PushGradientsResponse.DESCRIPTOR.fields_by_name["params"].number
     reply = pb.PushGradientsResponse.FromString(b"".join([pb.PushGradientsResponse(version=5).SerializeToString(),
-                                                          *codec.embed(field, params)]))
+                                                          *framing.embed(field, params)]))
     assert reply.version == 5 and reply.params.version == 5
     assert torch.equal(codec.decode(reply.params.tensors[0]), torch.ones(2))
 
@@ -173,9 +173,9 @@ def test_flat_field_writes_the_bytes_encode_field_writes(conversions, dtype):
     flat = _flat()
     field = pb.Params.DESCRIPTOR.fields_by_name["tensors"].number
     named = zip([n for n, _ in FLAT_LAYOUT], codec.split_views(flat, FLAT_LAYOUT))
-    assert codec.FlatField(field, FLAT_LAYOUT, dtype).encode(flat) == b"".join(codec.encode_field(field, named, dtype))
+    assert framing.FlatField(field, FLAT_LAYOUT, dtype).encode(flat) == b"".join(framing.encode_field(field, named, dtype))
     flat[-1] = float("nan")
-    params = pb.Params.FromString(codec.FlatField(field, FLAT_LAYOUT, dtype).encode(flat))
+    params = pb.Params.FromString(framing.FlatField(field, FLAT_LAYOUT, dtype).encode(flat))
     assert math.isnan(codec.decode(params.tensors[-1]).reshape(-1)[-1])
 
 

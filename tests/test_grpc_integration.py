@@ -9,6 +9,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from a3c import codec, int8
+from a3c.framing import Push
 from a3c.metrics import new_registry
 from a3c.model import build_model, parameter_layout
 from a3c.wire import model_spec
@@ -48,8 +49,9 @@ def test_actor_client_pull_push_pull(learner):
     rollout = VectorRollout(spec.env_id, num_envs=3, t_max=spec.t_max, seed=1).collect(model)
     result = compute_gradients(model, rollout, spec.gamma, spec.entropy_coef, spec.value_coef,
                                spec.max_grad_norm, spec.clip_rewards)
-    reply = client.push(1, 0, zip((n for n, _ in layout), result.gradients), env_frames=rollout.agent_steps,
-                        agent_steps=rollout.agent_steps, episode_returns=[12.0], loss=pb.LossStats(entropy=0.69))
+    reply = client.push(Push(1, 0, list(zip((n for n, _ in layout), result.gradients)),
+                             env_frames=rollout.agent_steps, agent_steps=rollout.agent_steps, episode_returns=[12.0],
+                             loss=pb.LossStats(entropy=0.69)))
     assert reply.version == 1
 
     second = client.get_params(0)
@@ -219,7 +221,7 @@ def test_int8_wire_pulls_and_pushes_quantized_tensors(start_learner, frontends):
     grads = [torch.randn(shape) for _, shape in learner.model.layout]
     norm = torch.sqrt(sum(g.square().sum() for g in grads))
     grads = [g * spec.max_grad_norm / norm for g in grads]
-    reply = client.push(1, 0, zip((n for n, _ in learner.model.layout), grads), 8, 8, [], pb.LossStats())
+    reply = client.push(Push(1, 0, list(zip((n for n, _ in learner.model.layout), grads)), 8, 8, [], pb.LossStats()))
     assert reply.version == 1
     assert all(not torch.equal(b, p) for b, p in zip(before, learner.model.params))
     assert rejections(learner) == {}

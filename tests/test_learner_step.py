@@ -9,7 +9,8 @@ import torch
 
 from a3c import codec
 from a3c.model import ModelSpec, build_model
-from learner.global_model import GlobalModel, ParamsEncoder
+from a3c.framing import ParamsEncoder
+from learner.global_model import GlobalModel
 from learner.optimizers import TFStyleRMSprop
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc

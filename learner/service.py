@@ -13,7 +13,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from grpc_health.v1 import health, health_pb2
 
 from a3c import checkpoints, codec
 from a3c.config import LearnerConfig
@@ -23,13 +22,11 @@ from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import ModelSpec
 from a3c.wire import message_limit
-from learner.frontends import FrontendPool, FrontSpec, reserve_port
 from learner.global_model import GlobalModel
-from learner.grpc_server import bound_server
 from learner.metrics import LearnerMetrics
 from learner.optimizers import fused_step_available
-from a3c.wire import SERVICE_NAME
 from learner.servicer import LearnerServicer
+from learner.serving import serving_for
 from learner.stats import TrainingStats, format_progress
 from proto import a3c_pb2 as pb
 
@@ -75,31 +72,8 @@ class LearnerService:
         self._last_checkpoint = time.monotonic()
         self._best_saved: float | None = None
         self.metrics_server = None
-        self.frontends: FrontendPool | None = None
-        if config.frontends:
-            self._serve_through_frontends(config)
-        else:
-            self._serve_here(config)
-
-    def _serve_through_frontends(self, config: LearnerConfig) -> None:
-        try:
-            self._port_reservations = reserve_port(config.listen)
-        except OSError:
-            raise LearnerError(f"cannot listen on {config.listen} (address in use or not local)") from None
-        self.port = self._port_reservations[0].getsockname()[1]
-        self.server = None
-        spec = FrontSpec(config, f"{config.listen.rsplit(':', 1)[0]}:{self.port}", self.run_spec.SerializeToString(),
-                         list(self.model.layout), self.model.wire_dtype)
-        self.frontends = FrontendPool(spec, config.frontends, self.servicer, self.metrics)
-
-    def _serve_here(self, config: LearnerConfig) -> None:
-        self.health = health.HealthServicer()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.server, self.port = bound_server(config, self.servicer, self.health, self.metrics,
-                                              self.run_spec.max_message_bytes, config.listen, share_port=False)
-        if not self.port:
-            raise LearnerError(f"cannot listen on {config.listen} (address in use or not local)")
+        self.serving = serving_for(config, self.servicer, self.metrics)
+        self.port = self.serving.port
 
     # --- checkpoints -------------------------------------------------------------------------------
 
@@ -124,6 +98,9 @@ class LearnerService:
         if found is None:
             return None
         state, path = found
+        if state.get("format") != CHECKPOINT_FORMAT:  # a later learner's layout: refuse rather than misread
+            raise LearnerError(f"{path} is a checkpoint of format {state.get('format')}; this learner reads format "
+                               f"{CHECKPOINT_FORMAT} (use the a3c release that wrote it, or another --checkpoint-dir)")
         if state.get("env") != self.config.env:
             raise LearnerError(f"{path} holds a run of {state.get('env')!r}, not {self.config.env!r}; "
                                f"use another --checkpoint-dir")
@@ -144,32 +121,20 @@ class LearnerService:
     def start(self) -> None:
         """Serve at once, reporting NOT_SERVING until resumed from the newest valid checkpoint."""
         self.metrics_server, self.metrics_port = serve_metrics(self.registry, self.config.metrics_port)
-        if self.frontends:
-            self.frontends.start()
-        else:
-            self.server.start()
+        self.serving.start()
         if not self.config.auth_token:
             log.warning("no --auth-token: any client that can reach port %d may push gradients", self.port)
         self.resumed_from = self._resume()
         self.metrics.param_version.set(self.model.version)
-        if self.frontends:
-            try:  # all of them before the first actor connects: a gRPC connection stays with one front
-                self.frontends.wait_bound(timeout=120)
-            except OSError as err:
-                raise LearnerError(str(err)) from None
         self.servicer.ready.set()
-        if self.frontends:
-            self.frontends.set_serving(True)
-        else:
-            for name in ("", SERVICE_NAME):
-                self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.serving.open()
         if self.resumed_from:
             self.metrics.checkpoint_version.set(self.model.version)
             log.info("resumed from %s at version %d (%d frames)", self.resumed_from, self.model.version,
                      self.stats.env_frames)
         log.info("serving on %s (port %d%s), metrics on :%d/metrics: %s, %s model with %d parameters, "
                  "optimizer %s lr %g", self.config.listen, self.port,
-                 f", {self.config.frontends} gRPC front processes" if self.frontends else "", self.metrics_port,
+                 self.serving.description, self.metrics_port,
                  self.config.env, self.model_spec.kind, self.model.num_params, self.config.optimizer, self.config.lr)
         if self.config.optimizer == "rmsprop" and not fused_step_available():
             log.info("learner/_rmsprop.c is not built (no C compiler when installed): the RMSProp step takes "
@@ -209,13 +174,7 @@ class LearnerService:
 
     def stop_serving(self, grace: float | None) -> None:
         """Stop taking calls; those in flight get `grace` seconds."""
-        if self.frontends:
-            self.frontends.stop(grace)
-            for reservation in self._port_reservations:
-                reservation.close()
-        else:
-            self.health.enter_graceful_shutdown()
-            self.server.stop(grace=grace).wait()
+        self.serving.stop(grace)
 
     def shutdown(self) -> None:
         """Stop taking pushes, let calls in flight finish, write the final record and checkpoint."""

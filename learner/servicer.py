@@ -80,7 +80,8 @@ def deadline_of(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-def before(deadline: float | None) -> bool:
+def in_time(deadline: float | None) -> bool:
+    """Whether the deadline (from `deadline_of`) has not passed yet."""
     return deadline is None or time.monotonic() < deadline
 
 
@@ -105,10 +106,10 @@ class LearnerServicer(pb_grpc.LearnerServicer):
 
     def GetParams(self, request: pb.GetParamsRequest, context: grpc.ServicerContext) -> pb.Params | bytes:
         self._require_ready(context)
-        version, params = self.params_unless(request.have_version, self.model.params_message)
+        version, params = self.params_if_newer(request.have_version, self.model.params_message)
         return pb.Params(version=version) if params is None else params
 
-    def params_unless(self, have_version: int, take: Callable[[], T]) -> tuple[int, T | None]:
+    def params_if_newer(self, have_version: int, take: Callable[[], T]) -> tuple[int, T | None]:
         """The current version, and `take()` of the parameters (under the lock) unless the caller has them."""
         with self.model.lock:
             version = self.model.version
@@ -123,7 +124,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             gradient_norm = self.check(request, flat)
             # gRPC may notice a deadline that passed while the push waited for the lock only later: both checks.
             version, reply = self.commit(request, flat, gradient_norm,
-                                         lambda: context.is_active() and before(deadline), self.model.push_reply)
+                                         lambda: context.is_active() and in_time(deadline), self.model.push_reply)
             return push_reply(version) if reply is None else reply
         except PushRefused as refused:
             self.refused(request, refused)

@@ -55,7 +55,7 @@ def rejections(learner: LearnerService) -> dict[str, float]:
         return {reason: count for reason, count in counts.items() if count}
 
     counts = read()
-    while learner.frontends:
+    while learner.config.frontends:
         time.sleep(0.2)
         counts, before = read(), counts
         if counts == before:

@@ -62,7 +62,7 @@ def test_a_killed_learner_is_restarted_and_resumes_where_its_checkpoint_was(run,
         assert restored and all(torch.equal(restored[k]["square_avg"], v["square_avg"])
                                 for k, v in saved["global"]["optimizer"]["state"].items())
     finally:
-        probe.server.stop(grace=None)
+        probe.stop_serving(grace=None)
         probe.metrics_server.shutdown()
 
     # The real learner comes back on its port; the actors, never restarted, reconnect on their own.

@@ -61,3 +61,13 @@ def test_a_checkpoint_resumes_only_with_the_centering_it_was_trained_with(start_
         start_learner(env="PongNoFrameskip-v4", checkpoint_dir=directory)
     resumed = start_learner(env="PongNoFrameskip-v4", checkpoint_dir=directory, center_frames=False)
     assert resumed.resumed_from is not None and not resumed.model_spec.center_frames
+
+
+def test_a_checkpoint_of_another_format_is_refused_not_misread(start_learner, tmp_path):
+    directory = str(tmp_path / "run")
+    start_learner(checkpoint_dir=directory).save_checkpoint()
+    state = checkpoints.load(f"{directory}/{checkpoints.LATEST}")
+    state["format"] += 1
+    checkpoints.save(directory, state, previous=None)
+    with pytest.raises(LearnerError, match="is a checkpoint of format 2; this learner reads format 1"):
+        start_learner(checkpoint_dir=directory)

@@ -13,7 +13,8 @@ import pytest
 
 from a3c import checkpoints
 from a3c.config import LearnerConfig
-from learner.service import LearnerError, LearnerService
+from learner.service import LearnerService
+from learner.serving import CannotServe
 from tests.processes import LocalRun, stop, wait_for
 
 pytestmark = pytest.mark.slow
@@ -110,7 +111,7 @@ def test_a_second_learner_on_the_port_of_one_with_fronts_is_refused(tmp_path):
     try:
         first.start()
         for frontends in (0, 1):  # serving alone, or through fronts of its own: either would share the port
-            with pytest.raises(LearnerError, match="cannot listen"):
+            with pytest.raises(CannotServe, match="cannot listen"):
                 LearnerService(LearnerConfig(env="CartPole-v1", listen=f"127.0.0.1:{first.port}",
                                              checkpoint_dir=str(tmp_path / "b"), metrics_port=0, frontends=frontends))
         with grpc.insecure_channel(f"127.0.0.1:{first.port}") as channel:

@@ -133,7 +133,7 @@ def test_calls_beyond_the_concurrency_cap_get_resource_exhausted(start_learner):
 def test_not_serving_until_resumed(tmp_path):
     service = LearnerService(LearnerConfig(env="CartPole-v1", listen="127.0.0.1:0", metrics_port=0,
                                            checkpoint_dir=str(tmp_path)))
-    service.server.start()  # listening, but start() has not resumed yet
+    service.serving.start()  # listening, but start() has not resumed yet
     try:
         with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel).Check(
@@ -143,4 +143,4 @@ def test_not_serving_until_resumed(tmp_path):
                 pb_grpc.LearnerStub(channel).GetRunSpec(pb.GetRunSpecRequest(actor_id="early"), timeout=5)
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     finally:
-        service.server.stop(grace=None)
+        service.serving.stop(grace=None)

@@ -177,7 +177,7 @@ def private_memory_by_service(pid: int) -> dict[str, list[float]]:
             status = Path(f"/proc/{child}/status").read_text()
         except OSError:
             continue
-        service = args[args.index("a3c") + 1] if "a3c" in args[:-1] else None
+        service = args[args.index("apps") + 1] if "apps" in args[:-1] else None
         anon = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("RssAnon:")), None)
         if service in found and anon is not None:
             found[service].append(anon / 1024)

@@ -178,6 +178,8 @@ class FrontendPool:
                 self.metrics.refused(*args)
             elif kind == "rpc":
                 self.metrics.rpc_done(*args)
+            elif kind == "abandoned":
+                self.metrics.push_abandoned()
 
     def _answer(self, slot: Slot) -> None:
         def take_params() -> bool:

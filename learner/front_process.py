@@ -16,7 +16,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grpc
 import torch
@@ -28,7 +28,7 @@ from a3c.framing import ParamsEncoder, push_reply
 from a3c.memory import keep_freed_memory
 from a3c.wire import SERVICE_NAME
 from learner.grpc_server import bound_server
-from learner.servicer import STARTING, GradientCheck, PushRefused, deadline_of
+from learner.servicer import STARTING, GradientCheck, PushRefused, count_if_abandoned, deadline_of
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
@@ -77,6 +77,9 @@ class _LearnerLink:
 
     def rpc_done(self, method: str, code: str, seconds: float) -> None:
         self.send("rpc", method, code, seconds)
+
+    def push_abandoned(self) -> None:
+        self.send("abandoned")
 
 
 class FrontServicer(pb_grpc.LearnerServicer):
@@ -129,7 +132,8 @@ class FrontServicer(pb_grpc.LearnerServicer):
             return self.encode.params(version, slot.params) if fresh else pb.Params(version=version)
 
     def PushGradients(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
-        with self._slot(context) as slot:
+        # Registered after the slot's own callback, so the learner is told only once the slot shows the cancel.
+        with self._slot(context) as slot, _answered(count_if_abandoned(context, self.link.push_abandoned)):
             try:
                 if not self.serving.value:
                     raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", STARTING)
@@ -144,6 +148,14 @@ class FrontServicer(pb_grpc.LearnerServicer):
             version, fresh = self._ask(slot, context, "push", summary.SerializeToString(), gradient_norm,
                                        deadline_of(context))
             return self.encode.push_reply(version, slot.params) if fresh else push_reply(version)
+
+
+@contextlib.contextmanager
+def _answered(answered: Callable[[], None]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        answered()
 
 
 class _FollowingHealth(health.HealthServicer):

@@ -54,6 +54,11 @@ class LearnerMetrics:
                                    ["method", "code"], registry=registry)
         self.rpc_seconds = Histogram("a3c_learner_rpc_seconds", "Server-side RPC handling time, by method",
                                      ["method"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.pushes_waiting = Gauge("a3c_learner_pushes_waiting",
+                                    "Checked pushes waiting for the global network's lock", registry=registry)
+        self.pushes_abandoned = Counter("a3c_learner_pushes_abandoned_total",
+                                        "Pushes whose caller cancelled or ran out of time before the learner "
+                                        "answered", registry=registry)
 
         self.frontend_restarts = Counter("a3c_learner_frontend_restarts_total",
                                          "gRPC front processes (--frontends) started again after they died",
@@ -69,6 +74,9 @@ class LearnerMetrics:
         self.rpc_seconds.labels(method).observe(seconds)
         self.rpc_handled.labels(method, code).inc()
 
+    def push_abandoned(self) -> None:
+        self.pushes_abandoned.inc()
+
 
 class RpcEvents(Protocol):
     """What the gRPC-facing parts report: LearnerMetrics itself, or a front process's link to it."""
@@ -76,6 +84,8 @@ class RpcEvents(Protocol):
     def refused(self, reason: str) -> None: ...
 
     def rpc_done(self, method: str, code: str, seconds: float) -> None: ...
+
+    def push_abandoned(self) -> None: ...
 
 
 class RpcMetricsInterceptor(grpc.ServerInterceptor):

@@ -80,6 +80,14 @@ def deadline_of(context: grpc.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+def count_if_abandoned(context: grpc.ServicerContext, abandoned: Callable[[], None]) -> Callable[[], None]:
+    """Calls `abandoned()` if the call ends (cancelled, or out of time) before the returned function is called,
+    which the handler calls once it has its answer."""
+    answered = threading.Event()
+    context.add_callback(lambda: None if answered.is_set() else abandoned())
+    return answered.set
+
+
 def in_time(deadline: float | None) -> bool:
     """Whether the deadline (from `deadline_of`) has not passed yet."""
     return deadline is None or time.monotonic() < deadline
@@ -116,6 +124,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             return version, None if have_version == version else take()
 
     def PushGradients(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
+        answered = count_if_abandoned(context, self.metrics.push_abandoned)
         try:
             if not self.ready.is_set():
                 raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", STARTING)
@@ -129,6 +138,8 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         except PushRefused as refused:
             self.refused(request, refused)
             context.abort(refused.code, f"{refused.reason}: {refused}")
+        finally:
+            answered()
 
     def refused(self, request: pb.PushGradientsRequest, refused: PushRefused) -> None:
         self.metrics.refused(refused.reason)
@@ -140,7 +151,9 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         returns the new version and, when the push asks for them, `take_params()` of the parameters at exactly
         that version. Raises PushRefused, leaving everything untouched. The request's gradients are not read."""
         self.stats.heard_from(request.actor_id)
+        self.metrics.pushes_waiting.inc()
         with self.model.lock:
+            self.metrics.pushes_waiting.dec()
             # Checked again under the lock: shutdown clears `ready` under it before the final checkpoint, and
             # a caller whose deadline passed while waiting has dropped its rollout, so nothing may count it.
             if not self.ready.is_set():

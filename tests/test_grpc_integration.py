@@ -1,6 +1,5 @@
 """A real learner server on port 0 and real clients: the pull / push / pull cycle and refused pushes."""
 
-import time
 
 import grpc
 import numpy as np
@@ -151,14 +150,20 @@ def test_replayed_push_is_applied_once(learner, stub):
     assert rejections(learner) == {"duplicate": 1}
 
 
+def _learner_sample(learner, name: str) -> float:
+    return learner.registry.get_sample_value(name)
+
+
 def test_a_push_whose_deadline_passed_while_it_waited_is_not_applied(learner, stub):
     request = pb.PushGradientsRequest(actor_id="gone", seq=1, base_version=0, gradients=_gradients(learner))
     with learner.model.lock:  # the learner busy (writing a checkpoint, say) while the caller waits
+        call = stub.PushGradients.future(request, timeout=1.5)
+        wait_for(lambda: _learner_sample(learner, "a3c_learner_pushes_waiting") == 1, 10, "the push to wait")
         with pytest.raises(grpc.RpcError) as err:
-            stub.PushGradients(request, timeout=1.5)
-        # The learner's deadline for the call ends when the caller's does plus the time the request took to
-        # arrive: still busy past both, as a learner writing a checkpoint would be.
-        time.sleep(0.5)
+            call.result()
+        # Still busy once the learner's side of the call has ended too, as a learner writing a checkpoint would be.
+        wait_for(lambda: _learner_sample(learner, "a3c_learner_pushes_abandoned_total") == 1, 10,
+                 "the learner to see the call end")
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The actor has dropped that rollout: counting or applying it would make the two disagree.
     wait_for(lambda: rejections(learner) == {"cancelled": 1}, 10, "the refusal")
@@ -169,11 +174,21 @@ def test_a_push_its_caller_cancelled_while_it_waited_is_not_applied(learner, stu
     request = pb.PushGradientsRequest(actor_id="quitter", seq=1, base_version=0, gradients=_gradients(learner))
     with learner.model.lock:
         call = stub.PushGradients.future(request, timeout=30)
-        time.sleep(0.5)  # the push has arrived and waits for the lock
+        wait_for(lambda: _learner_sample(learner, "a3c_learner_pushes_waiting") == 1, 10, "the push to wait")
         assert call.cancel()
-        time.sleep(1.0)  # the cancel reaches the learner (through a front, that front's call counter)
+        wait_for(lambda: _learner_sample(learner, "a3c_learner_pushes_abandoned_total") == 1, 10,
+                 "the cancel to reach the learner")
     wait_for(lambda: rejections(learner) == {"cancelled": 1}, 10, "the refusal")
     assert learner.model.version == 0 and learner.stats.env_frames == 0
+    # A push that is answered, or refused, is not abandoned.
+    stub.PushGradients(pb.PushGradientsRequest(actor_id="stayer", seq=1, base_version=0,
+                                               gradients=_gradients(learner)), timeout=10)
+    with pytest.raises(grpc.RpcError):
+        stub.PushGradients(pb.PushGradientsRequest(actor_id="stayer", seq=1, base_version=1,
+                                                   gradients=_gradients(learner)), timeout=10)
+    assert learner.model.version == 1
+    assert _learner_sample(learner, "a3c_learner_pushes_abandoned_total") == 1
+    assert _learner_sample(learner, "a3c_learner_pushes_waiting") == 0
 
 
 @pytest.mark.parametrize("frontends", [0, 2])

@@ -100,7 +100,8 @@ class LearnerConfig(HyperParams):
     checkpoint_dir: str = option("checkpoints", "directory for checkpoints")
     checkpoint_interval: float = option(300.0, "seconds between checkpoints (0 disables periodic ones)")
     progress_file: str = option("", "append a JSON line of training progress here every --log-interval")
-    port_file: str = option("", "write the bound gRPC port to this file once serving (for launchers)")
+    port_file: str = option("", 'once serving, write the bound ports to this file as JSON, {"grpc": N, '
+                            '"metrics": M} (for launchers that start it on port 0)')
     log_interval: float = option(5.0, "seconds between progress lines")
     workers: int = option(1, "gRPC server worker threads (of each front with --frontends): one is the fastest, "
                           "since gradients are applied one at a time anyway and more threads only contend for "
@@ -154,6 +155,8 @@ class ActorConfig:
                                               "losing it, before giving up (default: as long as it takes)")
     rpc_timeout: float = option(10.0, "deadline of each call to the learner, in seconds")
     metrics_port: int = option(9401, "port of the Prometheus /metrics endpoint (0 picks a free port)")
+    port_file: str = option("", 'once serving metrics, write the bound port to this file as JSON, {"metrics": M} '
+                            '(for launchers that start it on port 0)')
     auth_token: str = option("", "bearer token to present to the learner", secret=True)
     tls_ca: str = option("", "PEM CA certificate to trust: connect to the learner over TLS")
 

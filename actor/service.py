@@ -23,6 +23,7 @@ from a3c.framing import Push
 from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import build_model, parameter_layout
+from a3c.ports import write_ports
 from a3c.wire import model_spec
 from actor.client import TRANSIENT, LearnerClient
 from actor.gradients import compute_gradients
@@ -158,6 +159,8 @@ class Actor:
         metrics_server, metrics_port = serve_metrics(self.metrics.registry, self.config.metrics_port)
         log.info("%s serving metrics on :%d/metrics; seed %d (%s)", self.client.actor_id, metrics_port, self.seed,
                  self.seed_source)
+        if self.config.port_file:
+            write_ports(self.config.port_file, metrics=metrics_port)
         try:
             connected = False
             while not self.stop.is_set():

@@ -90,7 +90,7 @@ def _run_plot(args: argparse.Namespace) -> int:
 # Settings `a3c train` chooses itself for the processes it starts.
 LOCAL_ONLY_LEARNER = ("listen", "checkpoint_dir", "progress_file", "port_file", "workers", "metrics_port",
                       "max_concurrent_rpcs", "auth_token", "tls_cert", "tls_key")
-LOCAL_ONLY_ACTOR = ("learner", "actor_id", "metrics_port", "auth_token", "tls_ca")
+LOCAL_ONLY_ACTOR = ("learner", "actor_id", "metrics_port", "port_file", "auth_token", "tls_ca")
 
 
 def build_parser() -> argparse.ArgumentParser:

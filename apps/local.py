@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Optional
 from a3c.config import ActorConfig, LearnerConfig, RunLimits, to_argv
 from a3c.envs import describe_env
 from a3c.errors import UserFacingError
+from a3c.ports import read_ports
 
 log = logging.getLogger("train")
 LEARNER_START_TIMEOUT = 120.0
@@ -62,17 +62,13 @@ def _stop(processes: list[subprocess.Popen], timeout: float) -> None:
             proc.wait()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def write_scrape_targets(path: Path, learner_port: int, actor_ports: list[int]) -> None:
     """A Prometheus file_sd list of this run's /metrics endpoints, with the job names the dashboard uses."""
     groups = [{"targets": [f"127.0.0.1:{learner_port}"], "labels": {"job": "learner"}},
               {"targets": [f"127.0.0.1:{p}" for p in actor_ports], "labels": {"job": "actor"}}]
-    path.write_text(json.dumps(groups, indent=2) + "\n")
+    tmp = path.with_suffix(".tmp")  # Prometheus rereads the file when it changes: never let it see half of one
+    tmp.write_text(json.dumps(groups, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def last_record(progress: Path) -> Optional[dict]:
@@ -95,15 +91,31 @@ def target_reached(record: Optional[dict], target: Optional[float]) -> bool:
             and record["return_window"] >= 100 and record["mean_return"] >= target)
 
 
-def _wait_for_port(port_file: Path, learner: subprocess.Popen) -> int:
+def _wait_for_ports(port_file: Path, learner: subprocess.Popen) -> dict[str, int]:
     deadline = time.monotonic() + LEARNER_START_TIMEOUT
     while time.monotonic() < deadline:
-        if port_file.exists():
-            return int(port_file.read_text())
+        if (ports := read_ports(port_file)) is not None:
+            return ports
         if learner.poll() is not None:
             raise LaunchError(f"the learner exited with code {learner.returncode} before serving")
         time.sleep(0.1)
     raise LaunchError(f"the learner did not start serving within {LEARNER_START_TIMEOUT:g}s")
+
+
+def _update_scrape_targets(path: Path, learner_port: int, actor_port_files: list[Path],
+                           written: list[int]) -> list[int]:
+    """Once every actor has reported its metrics port, (re)write the file_sd list when a port changed (an actor
+    restarted); returns the actor ports the file now holds."""
+    found = [read_ports(file) for file in actor_port_files]
+    if None in found:
+        return written
+    actor_ports = [ports["metrics"] for ports in found]
+    if actor_ports != written:
+        write_scrape_targets(path, learner_port, actor_ports)
+        if not written:
+            log.info("metrics: learner http://127.0.0.1:%d/metrics, actors %s (Prometheus file_sd list in %s)",
+                     learner_port, ", ".join(f"http://127.0.0.1:{p}/metrics" for p in actor_ports), path)
+    return actor_ports
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -119,17 +131,17 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
     describe_env(learner_config.env)  # a bad --env fails here, in one line, before anything starts
     run_dir = Path(limits.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{learner_config.env.replace('/', '_')}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    progress, port_file = run_dir / "progress.jsonl", run_dir / "learner.port"
-    port_file.unlink(missing_ok=True)
+    progress, targets = run_dir / "progress.jsonl", run_dir / "scrape-targets.json"
+    port_file = run_dir / "learner.ports"
+    actor_port_files = [run_dir / f"actor-{index}.ports" for index in range(limits.actors)]
+    for stale in [port_file, targets, *actor_port_files]:
+        stale.unlink(missing_ok=True)
+    # Every port is picked by the kernel (port 0) and reported back in a port file: no port can be taken between
+    # choosing it and binding it.
     learner_config = replace(learner_config, listen="127.0.0.1:0", checkpoint_dir=str(run_dir / "checkpoints"),
-                             progress_file=str(progress), port_file=str(port_file), metrics_port=free_port())
-    actor_ports = [free_port() for _ in range(limits.actors)]
-    write_scrape_targets(run_dir / "scrape-targets.json", learner_config.metrics_port, actor_ports)
+                             progress_file=str(progress), port_file=str(port_file), metrics_port=0)
     log.info("run directory %s; %d actors x %d envs on %s", run_dir, limits.actors, actor_config.num_envs,
              learner_config.env)
-    log.info("metrics: learner http://127.0.0.1:%d/metrics, actors %s (Prometheus file_sd list in %s)",
-             learner_config.metrics_port, ", ".join(f"http://127.0.0.1:{p}/metrics" for p in actor_ports),
-             run_dir / "scrape-targets.json")
 
     learner = _spawn(["learner", *to_argv(learner_config)])
     actors: list[subprocess.Popen] = []
@@ -137,17 +149,22 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
     reached = False
     interrupted = False
     try:
-        address = f"127.0.0.1:{_wait_for_port(port_file, learner)}"
+        learner_ports = _wait_for_ports(port_file, learner)
+        address = f"127.0.0.1:{learner_ports['grpc']}"
 
         def start_actor(index: int) -> subprocess.Popen:
+            actor_port_files[index].unlink(missing_ok=True)
             config = replace(actor_config, learner=address, actor_id=f"actor-{index}",
-                             seed=actor_config.seed + 1000 * (index + 1), metrics_port=actor_ports[index])
+                             seed=actor_config.seed + 1000 * (index + 1), metrics_port=0,
+                             port_file=str(actor_port_files[index]))
             return _spawn(["actor", *to_argv(config)])
 
         actors = [start_actor(i) for i in range(limits.actors)]
         restarts = [0] * limits.actors
+        scraped: list[int] = []
         while True:
             time.sleep(POLL_SECONDS)
+            scraped = _update_scrape_targets(targets, learner_ports["metrics"], actor_port_files, scraped)
             if learner.poll() is not None:
                 raise LaunchError(f"the learner exited with code {learner.returncode}")
             for i, proc in enumerate(actors):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -21,6 +20,7 @@ from a3c.errors import UserFacingError
 from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import ModelSpec
+from a3c.ports import write_ports
 from a3c.wire import message_limit
 from learner.global_model import GlobalModel
 from learner.metrics import LearnerMetrics
@@ -143,9 +143,7 @@ class LearnerService:
             log.info("a3c/_wire.c is not built (no C compiler when installed): gradients and parameters are "
                      "converted by torch in several passes, about 1.5 ms more per update")
         if self.config.port_file:
-            tmp = f"{self.config.port_file}.tmp"
-            Path(tmp).write_text(str(self.port))
-            os.replace(tmp, self.config.port_file)
+            write_ports(self.config.port_file, grpc=self.port, metrics=self.metrics_port)
 
     def report(self) -> dict:
         with self.model.lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,9 +14,17 @@ from typing import Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from apps.local import free_port
+from a3c.ports import read_ports
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A port free right now, for third-party programs (Prometheus) that cannot report the port they got for 0;
+    the project's own services bind port 0 and write a port file instead."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def tool(name: str) -> str:
@@ -86,15 +95,16 @@ def stop(*processes: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float
 
 
 class LocalRun:
-    """A learner and actors as real processes on loopback, each with its own metrics port."""
+    """A learner and actors as real processes on loopback. Every port is bound as port 0 and read back from the
+    service's port file, except that a restarted learner takes the gRPC port of its first start (its actors
+    reconnect to that address)."""
 
-    def __init__(self, tmp: Path, env: str = "CartPole-v1", learner_args: tuple[str, ...] = (),
-                 grpc_port: int | None = None) -> None:
+    def __init__(self, tmp: Path, env: str = "CartPole-v1", learner_args: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.env = env
         self.learner_args = learner_args
-        self.grpc_port = grpc_port or free_port()
-        self.learner_metrics = free_port()
+        self.grpc_port = 0
+        self.learner_metrics = 0
         self.actor_metrics: list[int] = []
         self.learner: subprocess.Popen | None = None
         self.actors: list[subprocess.Popen] = []
@@ -103,24 +113,27 @@ class LocalRun:
     def processes(self) -> tuple[subprocess.Popen, ...]:
         return tuple(p for p in [self.learner, *self.actors] if p is not None)
 
-    def start_learner(self, wait: bool = True) -> subprocess.Popen:
+    def start_learner(self) -> subprocess.Popen:
+        """A learner, returned once it serves (its port file is written then)."""
+        port_file = self.tmp / "learner.ports"
+        port_file.unlink(missing_ok=True)
         self.learner = start_a3c("learner", "--env", self.env, "--listen", f"127.0.0.1:{self.grpc_port}",
-                                 "--metrics-port", str(self.learner_metrics), "--checkpoint-dir",
+                                 "--metrics-port", "0", "--port-file", str(port_file), "--checkpoint-dir",
                                  str(self.tmp / "checkpoints"), "--log-interval", "1", *self.learner_args,
                                  log=self.tmp / "learner.log")
-        if wait:
-            wait_for(lambda: metric(self.learner_metrics, "a3c_learner_param_version") >= 0, 60,
-                     "the learner", (self.learner,))
+        ports = wait_for(lambda: read_ports(port_file), 90, "the learner to serve", (self.learner,))
+        self.grpc_port, self.learner_metrics = ports["grpc"], ports["metrics"]
         return self.learner
 
     def start_actor(self, *args: str) -> subprocess.Popen:
-        port = free_port()
+        """An actor of the learner started before, returned once it serves its metrics."""
         index = len(self.actors)
+        port_file = self.tmp / f"actor-{index}.ports"
         actor = start_a3c("actor", "--learner", f"127.0.0.1:{self.grpc_port}", "--num-envs", "2",
-                          "--metrics-port", str(port), "--seed", str(index), *args,
+                          "--metrics-port", "0", "--port-file", str(port_file), "--seed", str(index), *args,
                           log=self.tmp / f"actor-{index}.log")
-        self.actor_metrics.append(port)
         self.actors.append(actor)
+        self.actor_metrics.append(wait_for(lambda: read_ports(port_file), 60, "the actor's metrics", (actor,))["metrics"])
         return actor
 
     def learner_metric(self, name: str) -> float:

@@ -17,6 +17,8 @@ def test_benchmark_quick_run_reports_every_figure(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(output.read_text())
     assert report["machine"]["cores"] >= 1 and report["machine"]["cpu"]
+    assert set(report["machine"]["cpu_features"]) <= {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "f16c"}
+    assert report["machine"]["cpu_features"] and ", ".join(report["machine"]["cpu_features"]) in result.stdout
     assert report["ceiling"]["frames_per_second"] > 0
     (run,) = report["end_to_end"]
     assert run["frames_per_second"] > 0 and run["bytes_per_agent_step"] > 0

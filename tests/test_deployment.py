@@ -16,7 +16,7 @@ import re
 import subprocess
 import sys
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import kubernetes_validate
@@ -25,7 +25,7 @@ import yaml
 
 from a3c import config
 from apps.health import check_grpc, check_http
-from apps.local import free_port
+from a3c.ports import read_ports
 from tests.deployment import COMPOSE, POD_MONITOR, compose, image_runtime, manifest, rendered_manifests
 from tests.processes import ROOT, metric, stop, tool, wait_for
 
@@ -208,13 +208,13 @@ class Service:
 
     argv: list[str]
     env: dict[str, str]
-    ports: dict[int, int] = field(default_factory=dict)  # container port -> local port
 
 
-def localize(service: Service, learner_grpc: int, data_dir: Path) -> tuple[list[str], dict[str, str]]:
-    """Run a container's command here: learner host names to 127.0.0.1, container ports to local ones (a
-    container has the ports to itself; processes on one host share them, so each gets free ones)."""
-    ports = {50051: learner_grpc, **service.ports}
+def localize(service: Service, learner_grpc: int, data_dir: Path, port_file: Path) -> tuple[list[str], dict[str, str]]:
+    """Run a container's command here: learner host names to 127.0.0.1, the learner's gRPC port to the one it got
+    here, the ports a container serves on to 0 (a container has its ports to itself; processes on one host share
+    them), reported back in `port_file`."""
+    ports = {50051: learner_grpc, 9400: 0, 9401: 0}
 
     def translate(value: str) -> str:
         value = re.sub(r"^(?:learner|0\.0\.0\.0)(?=:\d+$)", "127.0.0.1", value)
@@ -226,36 +226,38 @@ def localize(service: Service, learner_grpc: int, data_dir: Path) -> tuple[list[
     assert argv[:3] == ["tini", "--", "a3c"]  # tini only hands signals on; here the process is no PID 1
     env = {**os.environ, **{k: translate(v) for k, v in image_env.items() if k != "PATH"}}
     env.update({k: translate(v) for k, v in service.env.items()})
-    command = argv[3]
-    env.setdefault("A3C_METRICS_PORT", str(ports[{"learner": 9400, "actor": 9401}[command]]))
-    if command == "learner":
-        env.setdefault("A3C_LISTEN", f"127.0.0.1:{learner_grpc}")
+    env.setdefault("A3C_METRICS_PORT", "0")
+    env["A3C_PORT_FILE"] = str(port_file)
+    if argv[3] == "learner":
+        env.setdefault("A3C_LISTEN", "127.0.0.1:0")
     return [sys.executable, "-m", "apps", *argv[3:]], env
 
 
 def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe, tmp_path: Path) -> None:
-    grpc_port = free_port()
-    learner.ports.setdefault(50051, grpc_port)
     data = tmp_path / "data"
     data.mkdir()
     processes = []
     try:
-        argv, env = localize(learner, grpc_port, data)
+        argv, env = localize(learner, 0, data, tmp_path / "learner.ports")
         learner_log = open(tmp_path / "learner.log", "w")
         processes.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=learner_log, stderr=learner_log))
-        wait_for(lambda: learner_probe(grpc_port), 90, "the learner's health check", tuple(processes))
-        for actor in actors:
-            argv, env = localize(actor, grpc_port, data)
+        ports = wait_for(lambda: read_ports(tmp_path / "learner.ports"), 90, "the learner to serve",
+                         tuple(processes))
+        grpc_port, metrics_port = ports["grpc"], ports["metrics"]
+        wait_for(lambda: learner_probe(grpc_port), 30, "the learner's health check", tuple(processes))
+        actor_port_files = [tmp_path / f"actor-{index}.ports" for index in range(len(actors))]
+        for actor, port_file in zip(actors, actor_port_files):
+            argv, env = localize(actor, grpc_port, data, port_file)
             processes.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL))
-        metrics_port = learner.ports[9400]
         wait_for(lambda: metric(metrics_port, "a3c_learner_actors_active") == len(actors), 120,
                  "every actor to push", tuple(processes))
         version = metric(metrics_port, "a3c_learner_param_version")
         wait_for(lambda: metric(metrics_port, "a3c_learner_param_version") >= version + 10, 60,
                  "the version to climb", tuple(processes))
-        for actor in actors:
-            wait_for(lambda: actor_probe(actor.ports[9401]), 30, "the actor's health check", tuple(processes))
+        for port_file in actor_port_files:
+            port = read_ports(port_file)["metrics"]
+            wait_for(lambda: actor_probe(port), 30, "the actor's health check", tuple(processes))
     finally:
         stop(*processes)
     # SIGTERM gave the learner its final checkpoint, in the volume.
@@ -275,13 +277,12 @@ def run_compose_test(test: list[str], ports: dict[int, int]) -> bool:
 def test_rehearse_docker_compose(tmp_path):
     services = compose()["services"]
 
-    def service(name: str, metrics_port: int) -> Service:
+    def service(name: str) -> Service:
         spec = services[name]
-        return Service(argv=list(spec["command"]), env={k: str(v) for k, v in spec.get("environment", {}).items()},
-                       ports={metrics_port: free_port()})
+        return Service(argv=list(spec["command"]), env={k: str(v) for k, v in spec.get("environment", {}).items()})
 
-    learner = service("learner", 9400)
-    actors = [service("actor", 9401) for _ in range(ACTOR_REPLICAS)]
+    learner = service("learner")
+    actors = [service("actor") for _ in range(ACTOR_REPLICAS)]
     rehearse(learner, actors,
              learner_probe=lambda grpc: run_compose_test(services["learner"]["healthcheck"]["test"],
                                                          {50051: grpc}),
@@ -295,9 +296,7 @@ def test_rehearse_kubernetes_manifests(tmp_path):
 
     def service(name: str) -> tuple[Service, dict]:
         container = manifest(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
-        ports = {p["containerPort"]: free_port() for p in container["ports"] if p["name"] == "metrics"}
-        return Service(argv=list(container["args"]), env={e["name"]: e["value"] for e in container["env"]},
-                       ports=ports), container
+        return Service(argv=list(container["args"]), env={e["name"]: e["value"] for e in container["env"]}), container
 
     learner, learner_container = service("learner")
     actors = [service("actor")[0] for _ in range(ACTOR_REPLICAS)]

@@ -5,12 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from apps.curves import read_progress
 from tests.conftest import ROOT, run_a3c
+from tests.processes import http_get, wait_for
 
 
 def summary(result):
@@ -72,10 +72,16 @@ def test_ctrl_c_stops_every_process_and_still_reports(tmp_path, sigint_at_start)
                              "--run-dir", str(run_dir), "--log-interval", "1"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, preexec_fn=ignore_sigint)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (
-            (run_dir / "progress.jsonl").exists() and read_progress(run_dir)[-1]["updates"] > 0):
-        time.sleep(0.2)
+    wait_for(lambda: (run_dir / "progress.jsonl").exists() and read_progress(run_dir)[-1]["updates"] > 0, 60,
+             "the first update")
+    # Every process bound port 0 for its metrics; the file_sd list a Prometheus would read names each of them.
+    targets = wait_for(lambda: (run_dir / "scrape-targets.json").exists()
+                       and json.loads((run_dir / "scrape-targets.json").read_text()), 30, "the scrape targets")
+    assert [(group["labels"]["job"], len(group["targets"])) for group in targets] == [("learner", 1), ("actor", 2)]
+    for group in targets:
+        for target in group["targets"]:
+            exposed = http_get(f"http://{target}/metrics")
+            assert f"a3c_{group['labels']['job']}_" in exposed
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 3  # one learner, two actors
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does

@@ -14,7 +14,7 @@ import torch
 from a3c import checkpoints
 from a3c.config import LearnerConfig
 from learner.service import LearnerService
-from tests.processes import ROOT, LocalRun, stop, wait_for
+from tests.processes import ROOT, LocalRun, free_port, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -130,6 +130,7 @@ def test_checkpoints_refuse_to_unpickle_code(tmp_path):
 
 
 def test_actors_started_before_the_learner_wait_for_it(run):
+    run.grpc_port = free_port()  # the learner's address is known before it runs, as a compose service name is
     run.start_actor(), run.start_actor()
     wait_for(lambda: all("waiting for the learner" in run.log(f"actor-{i}") for i in range(2)), 60,
              "both actors to say they wait", run.processes)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from apps.local import free_port, write_scrape_targets
+from apps.local import write_scrape_targets
 from tests.dashboard import panel_expressions, prometheus_query
 from tests.deployment import POD_MONITOR, manifest, rendered_manifests
-from tests.processes import ROOT, LocalRun, http_get, stop, tool, wait_for
+from tests.processes import ROOT, LocalRun, free_port, http_get, stop, tool, wait_for
 
 DEPLOY = ROOT / "deploy"
 PROMETHEUS_CONFIGS = sorted((DEPLOY / "prometheus").glob("*.yml"))

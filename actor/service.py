@@ -93,6 +93,7 @@ class Actor:
             return False
         if self.model is None:
             self.spec = spec
+            torch.manual_seed(self.seed)  # the actions it samples, as the seed decides its environments
             self.model = build_model(model_spec(spec))
             precision = self.model.set_conv_precision(self.config.conv_precision)
             self.layout = parameter_layout(self.model)
@@ -155,7 +156,6 @@ class Actor:
         torch.set_num_threads(1)
         if self.config.keep_freed_memory:
             keep_freed_memory()
-        torch.manual_seed(self.seed)
         metrics_server, metrics_port = serve_metrics(self.metrics.registry, self.config.metrics_port)
         log.info("%s serving metrics on :%d/metrics; seed %d (%s)", self.client.actor_id, metrics_port, self.seed,
                  self.seed_source)

@@ -72,15 +72,20 @@ def test_rewards_are_clipped_to_their_sign_when_asked():
     assert rollout_returns(model, rollout, 0.9, clip_rewards=False).item() == 7.0
 
 
-def test_vector_rollout_reports_finished_episodes_with_unclipped_returns():
+def test_vector_rollout_reports_each_finished_episode_with_its_return():
     rollout = VectorRollout("CartPole-v1", num_envs=4, t_max=50, seed=3)
     model = build_model(ModelSpec("mlp", (4,), 2))
     batch = rollout.collect(model)
-    assert batch.obs.shape == (51, 4, 4) and batch.actions.shape == (50, 4)
-    # A random CartPole policy falls within 50 steps; each finished episode's return is its length.
-    assert batch.episode_returns and sum(batch.episode_returns) <= batch.rewards.sum()
-    assert int(batch.dones.sum()) == len(batch.episode_returns)
     rollout.close()
+    assert batch.obs.shape == (51, 4, 4) and batch.actions.shape == (50, 4)
+    # The returns of the episodes that ended, summed here from the rollout's own rewards and ends.
+    expected, running = [], np.zeros(4)
+    for rewards, dones in zip(batch.rewards, batch.dones):
+        running += rewards
+        expected += list(running[dones == 1])
+        running[dones == 1] = 0
+    assert len(expected) >= 4  # a random CartPole policy falls within 50 steps
+    assert sorted(batch.episode_returns) == sorted(expected)
 
 
 @pytest.mark.parametrize("env_id", ["PongNoFrameskip-v4", "CartPole-v1"])
@@ -102,24 +107,24 @@ def test_rollout_gradient_equals_the_loss_recomputed_from_scratch(env_id):
         torch.testing.assert_close(mine, reference, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def first_rollout(actor: Actor, model) -> Rollout:
-    """The actor's first rollout as its run would play it (seeded as Actor.run seeds), on a given network."""
-    torch.manual_seed(actor.seed)
-    rollout = VectorRollout("CartPole-v1", 2, 60, actor.seed)
+def first_rollout(actor: Actor) -> Rollout:
+    """The actor's first rollout, set up by the actor itself against the learner (all start from version 0)."""
     try:
-        return rollout.collect(model)
+        assert actor._setup()
+        return actor.rollout.collect(actor.model)
     finally:
-        rollout.close()
+        actor.close()
 
 
-def test_replicas_without_a_seed_play_different_episodes_and_a_named_one_repeats_its_own():
-    a, b, a_again = (Actor(ActorConfig(actor_id=name, metrics_port=0)) for name in ("replica-a", "replica-b",
-                                                                                    "replica-a"))
+def test_replicas_without_a_seed_play_different_episodes_and_a_named_one_repeats_its_own(learner):
+    a, b, a_again = (Actor(ActorConfig(learner=f"127.0.0.1:{learner.port}", actor_id=name, num_envs=2,
+                                       connect_timeout=10, metrics_port=0))
+                     for name in ("replica-a", "replica-b", "replica-a"))
     assert a.seed == a_again.seed != b.seed
     assert "derived from the name replica-a" in a.seed_source
-    torch.manual_seed(0)
-    model = constant_value_model(0.0)  # one network for all: only the seeds differ
-    first_a, first_b = first_rollout(a, model), first_rollout(b, model)
-    assert not np.array_equal(first_a.obs, first_b.obs) and not np.array_equal(first_a.actions, first_b.actions)
-    assert np.array_equal(first_rollout(a_again, model).obs, first_a.obs)
+    first_a, first_b = first_rollout(a), first_rollout(b)
+    # Different environments (their first observations) and different sampled actions.
+    assert not np.array_equal(first_a.obs[0], first_b.obs[0]) and not np.array_equal(first_a.actions, first_b.actions)
+    again = first_rollout(a_again)
+    assert np.array_equal(again.obs, first_a.obs) and np.array_equal(again.actions, first_a.actions)
     assert Actor(ActorConfig(actor_id="replica-a", seed=7, metrics_port=0)).seed == 7

@@ -63,12 +63,14 @@ def test_gymnasium_batch_restarts_finished_episodes():
     batch = make_env_batch("CartPole-v1", 4, seed=2)
     assert isinstance(batch, GymnasiumBatch)
     rng = np.random.default_rng(0)
-    obs, ended = batch.reset(), np.zeros(4, dtype=int)
+    obs, ended, previous = batch.reset(), 0, np.zeros(4, bool)
     for _ in range(60):
         step = batch.step(rng.integers(0, 2, size=4))
-        ended += step.terminated
-    # Random play ends a CartPole episode in about 20 steps: an env that ends twice was restarted in between.
-    assert ended.max() >= 2 and step.obs.shape == obs.shape and step.obs.dtype == np.float32
+        # An env whose episode ended hands back the first observation of a new one (CartPole starts within 0.05
+        # of upright and still), and does not end again on the very next step.
+        assert (np.abs(step.obs[step.terminated]) <= 0.05).all() and not (step.terminated & previous).any()
+        ended, previous = ended + int(step.terminated.sum()), step.terminated
+    assert ended >= 4 and step.obs.shape == obs.shape and step.obs.dtype == np.float32
     batch.close()
 
 

@@ -68,6 +68,7 @@ def test_one_push_over_grpc_applies_exactly_the_sent_gradient(start_learner):
     for p, p0 in zip(model.params, before):
         torch.testing.assert_close(p.detach(), p0 - 0.5 * 0.125, rtol=0, atol=1e-7)
     # The reply carries the new parameters, bit for bit in the wire dtype.
+    assert reply.params.version == 1 and len(reply.params.tensors) == len(model.params)
     for message, p in zip(reply.params.tensors, model.params):
         assert torch.equal(codec.decode(message), p.detach().to(model.wire_dtype))
 

@@ -77,17 +77,25 @@ def test_the_learner_takes_the_one_pass_step_in_c_where_it_was_built():
     plain = torch.nn.Parameter(fused.detach().clone())
     start = fused.detach().clone()
     by_c, by_torch = TFStyleRMSprop([fused], LR, ALPHA, EPS), TFStyleRMSprop([plain], LR, ALPHA, EPS)
-    built = optimizers._rmsprop
+    built, calls = optimizers._rmsprop, []
+
+    class CountingStep:  # the C module, counting its steps: the test must see C take them
+        @staticmethod
+        def step(*args):
+            calls.append(1)
+            return built.step(*args)
+
     try:
         for _ in range(20):  # gradients from 1e-8 to 0.1, and exact zeros (dead units)
             grad = torch.randn(100_000) * 10 ** torch.empty(100_000).uniform_(-8, -1) * (torch.rand(100_000) > 0.1)
             fused.grad, plain.grad = grad.clone(), grad.clone()
-            optimizers._rmsprop = built
+            optimizers._rmsprop = CountingStep
             by_c.step()
             optimizers._rmsprop = None
             by_torch.step()
     finally:
         optimizers._rmsprop = built
+    assert len(calls) == 20
     torch.testing.assert_close(fused.detach(), plain.detach(), rtol=1e-5, atol=1e-9)
     torch.testing.assert_close(by_c.state[fused]["square_avg"], by_torch.state[plain]["square_avg"], rtol=1e-5,
                                atol=0)

@@ -52,6 +52,7 @@ def test_export_keeps_the_policy_in_a_small_file(start_learner, tmp_path):
                      "--note", "a test", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert exported.stat().st_size < 0.6 * (tmp_path / "checkpoints" / "latest.pt").stat().st_size
+    assert {t.dtype for t in checkpoints.load(exported)["global"]["model"].values()} == {torch.float16}
     original, copy = playing.load_policy(tmp_path / "checkpoints"), playing.load_policy(exported)
     assert checkpoints.load(exported)["note"] == "a test" and copy.env_id == "PongNoFrameskip-v4"
     obs = torch.randint(0, 255, (3, 4, 84, 84), dtype=torch.uint8)
@@ -82,6 +83,9 @@ def test_plot_draws_every_run_in_one_figure(tmp_path):
     for name in ("return_vs_frames.png", "return_vs_time.png"):
         with Image.open(tmp_path / "out" / name) as image:
             assert image.format == "PNG" and image.size[0] > 400
+            colors = {color for _, color in image.convert("RGB").getcolors(maxcolors=1 << 16)}
+        # One line per run, in matplotlib's first two colors.
+        assert {(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)} <= colors
 
 
 def test_the_learner_keeps_its_best_network(learner):
@@ -94,7 +98,8 @@ def test_the_learner_keeps_its_best_network(learner):
     for value in [0.0] * 100:  # a worse window does not overwrite it
         learner.stats.record_rollout("a", 1, 1, [value])
     learner.report()
-    assert checkpoints.load(f"{learner.config.checkpoint_dir}/{best}")["stats"]["best_mean_return"] == 1.0
+    kept = checkpoints.load(f"{learner.config.checkpoint_dir}/{best}")["stats"]
+    assert kept["best_mean_return"] == 1.0 and kept["returns"] == [1.0] * 100
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 import os
 import subprocess
 import sys
-import time
 
 import grpc
 import pytest
@@ -11,7 +10,7 @@ from a3c.wire import channel_options
 from learner.metrics import REJECT_REASONS
 from learner.service import LearnerService
 from proto import a3c_pb2_grpc as pb_grpc
-from tests.processes import ROOT
+from tests.processes import ROOT, wait_for
 
 
 @pytest.fixture
@@ -47,20 +46,16 @@ def stub(learner):
 
 
 def rejections(learner: LearnerService) -> dict[str, float]:
-    """The learner's refused pushes by reason, as its metrics report them (only the non-zero ones). Front
-    processes report their refusals through a pipe, so with --frontends the counts are read once they settle."""
-    def read() -> dict[str, float]:
-        counts = {reason: learner.registry.get_sample_value("a3c_learner_gradients_rejected_total",
-                                                            {"reason": reason}) for reason in REJECT_REASONS}
-        return {reason: count for reason, count in counts.items() if count}
+    """The learner's refused pushes by reason, as its metrics report them (only the non-zero ones)."""
+    counts = {reason: learner.registry.get_sample_value("a3c_learner_gradients_rejected_total", {"reason": reason})
+              for reason in REJECT_REASONS}
+    return {reason: count for reason, count in counts.items() if count}
 
-    counts = read()
-    while learner.config.frontends:
-        time.sleep(0.2)
-        counts, before = read(), counts
-        if counts == before:
-            break
-    return counts
+
+def expect_rejections(learner: LearnerService, expected: dict[str, float]) -> None:
+    """Until the learner's refusal counts are `expected`: front processes report theirs through a pipe, so with
+    --frontends they arrive a moment after the caller's error."""
+    wait_for(lambda: rejections(learner) == expected, 10, f"the refusals {expected}")
 
 
 def run_a3c(*args: str, timeout: float = 120, env: dict | None = None, cwd=None):

@@ -18,7 +18,7 @@ from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
-from tests.conftest import rejections
+from tests.conftest import expect_rejections
 from tests.processes import wait_for
 
 
@@ -136,7 +136,7 @@ def test_malformed_push_is_refused_and_changes_nothing(learner, stub, case):
     assert learner.model.version == 0
     if reason is not None:
         assert reason in err.value.details()
-        assert rejections(learner) == {reason: 1}
+        expect_rejections(learner, {reason: 1})
 
 
 def test_replayed_push_is_applied_once(learner, stub):
@@ -147,7 +147,7 @@ def test_replayed_push_is_applied_once(learner, stub):
         stub.PushGradients(request, timeout=10)
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     assert (learner.model.version, learner.model.digest()) == (1, digest)
-    assert rejections(learner) == {"duplicate": 1}
+    expect_rejections(learner, {"duplicate": 1})
 
 
 def _learner_sample(learner, name: str) -> float:
@@ -166,7 +166,7 @@ def test_a_push_whose_deadline_passed_while_it_waited_is_not_applied(learner, st
                  "the learner to see the call end")
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     # The actor has dropped that rollout: counting or applying it would make the two disagree.
-    wait_for(lambda: rejections(learner) == {"cancelled": 1}, 10, "the refusal")
+    expect_rejections(learner, {"cancelled": 1})
     assert learner.model.version == 0 and learner.stats.env_frames == 0
 
 
@@ -178,7 +178,7 @@ def test_a_push_its_caller_cancelled_while_it_waited_is_not_applied(learner, stu
         assert call.cancel()
         wait_for(lambda: _learner_sample(learner, "a3c_learner_pushes_abandoned_total") == 1, 10,
                  "the cancel to reach the learner")
-    wait_for(lambda: rejections(learner) == {"cancelled": 1}, 10, "the refusal")
+    expect_rejections(learner, {"cancelled": 1})
     assert learner.model.version == 0 and learner.stats.env_frames == 0
     # A push that is answered, or refused, is not abandoned.
     stub.PushGradients(pb.PushGradientsRequest(actor_id="stayer", seq=1, base_version=0,
@@ -205,7 +205,7 @@ def test_too_stale_push_is_refused(start_learner, frontends):
                                                        gradients=_gradients(learner)), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "stale" in err.value.details()
     assert (learner.model.version, learner.model.digest()) == (3, digest)
-    assert rejections(learner) == {"stale": 1}
+    expect_rejections(learner, {"stale": 1})
 
 
 def test_gradient_from_the_wire_in_float16_is_accepted(learner, stub):
@@ -239,5 +239,5 @@ def test_int8_wire_pulls_and_pushes_quantized_tensors(start_learner, frontends):
     reply = client.push(Push(1, 0, list(zip((n for n, _ in learner.model.layout), grads)), 8, 8, [], pb.LossStats()))
     assert reply.version == 1
     assert all(not torch.equal(b, p) for b, p in zip(before, learner.model.params))
-    assert rejections(learner) == {}
+    expect_rejections(learner, {})
     client.close()

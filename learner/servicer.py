@@ -174,8 +174,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
                                   f"base version {request.base_version} is {staleness} updates old "
                                   f"(limit {self.run_spec.max_staleness})")
             # Frames and episodes count with the gradient that carries them, so actors and learner agree.
-            self.stats.record_rollout(request.actor_id, request.env_frames, request.agent_steps,
-                                      request.episode_returns)
+            self.stats.record_rollout(request.env_frames, request.agent_steps, request.episode_returns)
             self.metrics.staleness.observe(staleness)
             with self.metrics.apply_seconds.time():
                 new_version = self.model.apply(gradient)

@@ -34,8 +34,7 @@ class TrainingStats:
         self._rate_mark = (self.started, 0)
         self.elapsed_before = 0.0  # training seconds of earlier incarnations (after a resume)
 
-    def record_rollout(self, actor_id: str, env_frames: int, agent_steps: int,
-                       episode_returns: Iterable[float]) -> None:
+    def record_rollout(self, env_frames: int, agent_steps: int, episode_returns: Iterable[float]) -> None:
         with self._lock:
             self.env_frames += env_frames
             self.agent_steps += agent_steps

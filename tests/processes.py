@@ -58,6 +58,12 @@ def parse_metric(text: str, name: str, labels: dict[str, str] | None = None) -> 
     return float("nan")
 
 
+def metric_total(port: int, name: str) -> float:
+    """The sum of a metric's samples over all their labels, from a /metrics endpoint on this machine."""
+    return sum(sample.value for family in text_string_to_metric_families(http_get(f"http://127.0.0.1:{port}/metrics"))
+               for sample in family.samples if sample.name == name)
+
+
 def metric(port: int, name: str) -> float:
     """One unlabelled sample from a /metrics endpoint on this machine (NaN when absent)."""
     return parse_metric(http_get(f"http://127.0.0.1:{port}/metrics"), name)

@@ -82,7 +82,7 @@ def test_a_resumed_run_reports_its_whole_time_and_average_speed():
     stats = TrainingStats(LearnerMetrics(CollectorRegistry()), clock=lambda: now[0])
     stats.load_state({"env_frames": 600_000, "agent_steps": 150_000, "updates": 900, "episodes": 40,
                       "returns": [-20.0], "best_mean_return": -20.0, "seconds": 100.0})
-    stats.record_rollout("a", 400_000, 100_000, [])
+    stats.record_rollout(400_000, 100_000, [])
     now[0] += 100.0
     record = stats.snapshot(version=901)
     assert record["seconds"] == 200.0 and record["frames"] == 1_000_000

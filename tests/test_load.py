@@ -17,7 +17,7 @@ from a3c.model import ModelSpec, build_model, parameter_layout
 from a3c.wire import channel_options, message_limit
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
-from tests.processes import LocalRun, http_get, wait_for
+from tests.processes import LocalRun, metric_total, wait_for
 
 PUSHERS = 32
 SECONDS = 8.0
@@ -83,9 +83,7 @@ def test_32_pushers_every_push_accounted_for_no_deadlock_flat_memory(tmp_path, f
         sent = sum(outcomes.values())
         accepted = outcomes["OK"]
         def rejected_total() -> float:
-            return sum(float(line.split()[-1])
-                       for line in http_get(f"http://127.0.0.1:{run.learner_metrics}/metrics").splitlines()
-                       if line.startswith("a3c_learner_gradients_rejected_total{"))
+            return metric_total(run.learner_metrics, "a3c_learner_gradients_rejected_total")
         assert accepted > 0 and set(outcomes) <= {"OK", "FAILED_PRECONDITION"}, outcomes
         # Every push is accounted for: applied, or refused and counted as refused.
         assert run.learner_metric("a3c_learner_updates_total") == accepted

@@ -91,12 +91,12 @@ def test_plot_draws_every_run_in_one_figure(tmp_path):
 def test_the_learner_keeps_its_best_network(learner):
     best = checkpoints.BEST
     for value in [1.0] * 100:
-        learner.stats.record_rollout("a", 1, 1, [value])
+        learner.stats.record_rollout(1, 1, [value])
     learner.report()
     saved = checkpoints.load(f"{learner.config.checkpoint_dir}/{best}")
     assert saved["stats"]["best_mean_return"] == 1.0
     for value in [0.0] * 100:  # a worse window does not overwrite it
-        learner.stats.record_rollout("a", 1, 1, [value])
+        learner.stats.record_rollout(1, 1, [value])
     learner.report()
     kept = checkpoints.load(f"{learner.config.checkpoint_dir}/{best}")["stats"]
     assert kept["best_mean_return"] == 1.0 and kept["returns"] == [1.0] * 100

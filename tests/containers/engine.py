@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -25,8 +26,9 @@ IMAGE = compose()["x-a3c"]["image"]  # the image the compose file runs
 DOCKERFILE = "deploy/Dockerfile"
 PROMETHEUS = "127.0.0.1:9090"  # where the compose file publishes it
 REPORT: dict[str, str] = {}  # what the run measured, printed at its end
-# What the Dockerfile copies: a build from a copy of these is the same build as from the repository.
-BUILD_INPUTS = ("pyproject.toml", "README.md", "proto", "a3c", "learner", "actor", "deploy/Dockerfile")
+# The Dockerfile and what its COPY lines take from the context: a build from a copy of these is the same build as
+# from the repository.
+BUILD_INPUTS = (DOCKERFILE, *re.findall(r"^COPY (?!--)(\S+) ", (ROOT / DOCKERFILE).read_text(), re.MULTILINE))
 
 
 def client() -> docker.DockerClient:

@@ -111,7 +111,7 @@ class LocalRun:
         self.learner_args = learner_args
         self.grpc_port = 0
         self.learner_metrics = 0
-        self.actor_metrics: list[int] = []
+        self._actor_port_files: list[Path] = []
         self.learner: subprocess.Popen | None = None
         self.actors: list[subprocess.Popen] = []
 
@@ -132,15 +132,21 @@ class LocalRun:
         return self.learner
 
     def start_actor(self, *args: str) -> subprocess.Popen:
-        """An actor of the learner started before, returned once it serves its metrics."""
+        """An actor of the learner started before (or of the gRPC port set for it); it starts in the background."""
         index = len(self.actors)
         port_file = self.tmp / f"actor-{index}.ports"
         actor = start_a3c("actor", "--learner", f"127.0.0.1:{self.grpc_port}", "--num-envs", "2",
                           "--metrics-port", "0", "--port-file", str(port_file), "--seed", str(index), *args,
                           log=self.tmp / f"actor-{index}.log")
         self.actors.append(actor)
-        self.actor_metrics.append(wait_for(lambda: read_ports(port_file), 60, "the actor's metrics", (actor,))["metrics"])
+        self._actor_port_files.append(port_file)
         return actor
+
+    @property
+    def actor_metrics(self) -> list[int]:
+        """The actors' metrics ports, once each serves its metrics."""
+        return [wait_for(lambda: read_ports(file), 60, "an actor's metrics", (actor,))["metrics"]
+                for actor, file in zip(self.actors, self._actor_port_files)]
 
     def learner_metric(self, name: str) -> float:
         return metric(self.learner_metrics, name)

@@ -126,6 +126,13 @@ def test_encode_field_parses_as_the_message_protobuf_would_build(dtype):
     assert len(wire) == expected.ByteSize()
 
 
+@pytest.mark.parametrize("length", [0, 1, 127, 128, 200, 255, 256, 16_383, 16_384, 2_097_152])
+def test_tag_and_length_is_the_prefix_protobuf_writes(length):
+    data = b"x" * length
+    field = pb.Tensor.DESCRIPTOR.fields_by_name["data"].number
+    assert pb.Tensor(data=data).SerializeToString() == (framing.tag_and_length(field, length) + data if data else b"")
+
+
 def test_embed_nests_pieces_as_a_sub_message():
     params = [pb.Params(version=5).SerializeToString(),
               *framing.encode_field(pb.Params.DESCRIPTOR.fields_by_name["tensors"].number, [("w", torch.ones(2))])]

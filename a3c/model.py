@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from a3c.config import CONV_PRECISIONS
+from proto import a3c_pb2 as pb
 
 if TYPE_CHECKING:
     from a3c.envs import EnvInfo
@@ -28,6 +29,16 @@ class ModelSpec:
         """The network for an environment; centering applies to Atari frames only."""
         return cls(info.model_kind, info.obs_shape, info.num_actions,
                    center_frames=center_frames and info.model_kind == "cnn")
+
+    @classmethod
+    def from_message(cls, message: pb.ModelSpec) -> "ModelSpec":
+        """The network a run spec describes (what an actor builds)."""
+        return cls(kind=message.kind, obs_shape=tuple(message.obs_shape), num_actions=message.num_actions,
+                   center_frames=message.center_frames)
+
+    def to_message(self) -> pb.ModelSpec:
+        return pb.ModelSpec(kind=self.kind, obs_shape=list(self.obs_shape), num_actions=self.num_actions,
+                            center_frames=self.center_frames)
 
     @classmethod
     def from_dict(cls, saved: dict) -> "ModelSpec":

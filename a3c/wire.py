@@ -1,8 +1,7 @@
-"""What both ends of the gRPC link must agree on: message-size limits, keepalive, and the run spec."""
+"""What both ends of the gRPC link must agree on: the service name, message-size limits and keepalive."""
 
 from __future__ import annotations
 
-from a3c.model import ModelSpec
 from proto import a3c_pb2 as pb
 
 # The gRPC service's full name, as routes, health checks and probes spell it.
@@ -28,7 +27,3 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
     ]
 
-
-def model_spec(spec: pb.RunSpec) -> ModelSpec:
-    return ModelSpec(kind=spec.model.kind, obs_shape=tuple(spec.model.obs_shape),
-                     num_actions=spec.model.num_actions, center_frames=spec.model.center_frames)

@@ -22,9 +22,8 @@ from a3c.errors import UserFacingError
 from a3c.framing import Push
 from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
-from a3c.model import build_model, parameter_layout
+from a3c.model import ModelSpec, build_model, parameter_layout
 from a3c.ports import write_ports
-from a3c.wire import model_spec
 from actor.client import TRANSIENT, LearnerClient
 from actor.gradients import compute_gradients
 from actor.metrics import ActorMetrics
@@ -94,7 +93,7 @@ class Actor:
         if self.model is None:
             self.spec = spec
             torch.manual_seed(self.seed)  # the actions it samples, as the seed decides its environments
-            self.model = build_model(model_spec(spec))
+            self.model = build_model(ModelSpec.from_message(spec.model))
             precision = self.model.set_conv_precision(self.config.conv_precision)
             self.layout = parameter_layout(self.model)
             self.rollout = VectorRollout(spec.env_id, self.config.num_envs, spec.t_max, self.seed,

@@ -9,6 +9,7 @@ from typing import Callable, Optional, Sequence
 
 from a3c import config
 from a3c.errors import UserFacingError
+from a3c.wire import SERVICE_NAME
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     target = check.add_mutually_exclusive_group(required=True)
     target.add_argument("--grpc", metavar="HOST:PORT", help="check the gRPC health service of a learner")
     target.add_argument("--http", metavar="URL", help="check that an HTTP endpoint (an actor's /metrics) answers")
-    check.add_argument("--service", default="a3c.v1.Learner", help="gRPC service name to check")
+    check.add_argument("--service", default=SERVICE_NAME, help="gRPC service name to check")
     check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     return parser
 

@@ -18,9 +18,8 @@ import torch
 
 from a3c import codec
 from a3c.framing import Push
-from a3c.model import build_model, parameter_layout
+from a3c.model import ModelSpec, build_model, parameter_layout
 from a3c.metrics import new_registry
-from a3c.wire import model_spec
 from actor.client import LearnerClient
 from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
@@ -32,7 +31,7 @@ def _push_loop(address: str, name: str, threads: int, pushing: Synchronized, sto
         # The actor's own client, so the pushers pay what actors pay to assemble a push and read its reply.
         client = LearnerClient(address, f"{name}-{index}", rpc_timeout=10, metrics=ActorMetrics(new_registry()))
         spec = client.connect(timeout=60)
-        model = build_model(model_spec(spec))
+        model = build_model(ModelSpec.from_message(spec.model))
         scale = 0.9 * spec.max_grad_norm / sum(p.numel() for p in model.parameters()) ** 0.5
         # Already in the wire dtype, as an actor's gradients are after their one conversion.
         names, shapes = zip(*parameter_layout(model))

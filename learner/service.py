@@ -42,8 +42,7 @@ def build_run_spec(config: LearnerConfig, spec: ModelSpec, frames_per_step: int,
                    num_params: int) -> pb.RunSpec:
     return pb.RunSpec(
         env_id=config.env,
-        model=pb.ModelSpec(kind=spec.kind, obs_shape=list(spec.obs_shape), num_actions=spec.num_actions,
-                           center_frames=spec.center_frames),
+        model=spec.to_message(),
         t_max=config.t_max, gamma=config.gamma, entropy_coef=config.entropy_coef, value_coef=config.value_coef,
         max_grad_norm=config.max_grad_norm, clip_rewards=clip_rewards, frames_per_step=frames_per_step,
         wire_dtype=codec.wire_dtype(config.wire_dtype), max_message_bytes=message_limit(num_params),

@@ -6,7 +6,6 @@ import torch
 from a3c import checkpoints
 from a3c.envs import describe_env
 from a3c.model import ModelSpec, build_model
-from a3c.wire import model_spec
 from learner.service import LearnerError
 
 PONG_NET = ModelSpec("cnn", (4, 84, 84), 6, center_frames=True)
@@ -41,7 +40,7 @@ def test_a_uniform_background_gives_the_first_layer_weights_no_gradient():
 def test_the_learner_centers_atari_frames_only_and_tells_its_actors(start_learner, tmp_path):
     pong = start_learner(env="PongNoFrameskip-v4", checkpoint_dir=str(tmp_path / "pong"))
     assert pong.model_spec.center_frames
-    assert model_spec(pong.run_spec) == pong.model_spec  # what an actor builds from GetRunSpec
+    assert ModelSpec.from_message(pong.run_spec.model) == pong.model_spec  # what an actor builds from GetRunSpec
     cartpole = start_learner(env="CartPole-v1", checkpoint_dir=str(tmp_path / "cartpole"))
     assert not cartpole.model_spec.center_frames and not cartpole.run_spec.model.center_frames
     assert ModelSpec.for_env(describe_env("PongNoFrameskip-v4"), False).center_frames is False

@@ -10,8 +10,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from a3c import codec, int8
 from a3c.framing import Push
 from a3c.metrics import new_registry
-from a3c.model import build_model, parameter_layout
-from a3c.wire import model_spec
+from a3c.model import ModelSpec, build_model, parameter_layout
 from actor.client import LearnerClient, LearnerUnreachable
 from actor.gradients import compute_gradients
 from actor.metrics import ActorMetrics
@@ -40,7 +39,7 @@ def test_actor_client_pull_push_pull(learner):
     assert first.version == 0 and len(first.tensors) == len(learner.model.layout)
     assert not client.get_params(0).tensors  # nothing new: no tensors sent again
 
-    model = build_model(model_spec(spec))
+    model = build_model(ModelSpec.from_message(spec.model))
     layout = parameter_layout(model)
     with torch.no_grad():
         for p, t in zip(model.parameters(), codec.decode_all(first.tensors, layout)):

@@ -54,6 +54,9 @@ def _check_port(name: str, port: int) -> None:
     _require(0 <= port <= 65535, f"--{name.replace('_', '-')} must be in 0-65535, got {port}")
 
 
+# The most environments one actor steps: the learner refuses a push claiming a rollout of more.
+MAX_NUM_ENVS = 1024
+
 @dataclass(frozen=True)
 class HyperParams:
     """The A3C settings the learner owns; actors receive the rollout part of them over the wire."""
@@ -116,6 +119,9 @@ class LearnerConfig(HyperParams):
                              secret=True)
     tls_cert: str = option("", "PEM certificate chain to serve TLS with (needs --tls-key)")
     tls_key: str = option("", "PEM private key of --tls-cert")
+    max_episode_return: float = option(0.0, "refuse pushes reporting an episode whose return is further from 0 "
+                                       "than this; 0: the environment's own bound (Pong 21, CartPole its step "
+                                       "limit; none for others)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -126,6 +132,7 @@ class LearnerConfig(HyperParams):
         _require(self.frontends >= 0, f"--frontends must not be negative, got {self.frontends}")
         _check_port("metrics_port", self.metrics_port)
         _require(self.max_concurrent_rpcs >= 1, "--max-concurrent-rpcs must be at least 1")
+        _require(self.max_episode_return >= 0, "--max-episode-return must not be negative")
         _require(bool(self.tls_cert) == bool(self.tls_key), "--tls-cert and --tls-key go together")
         for name in ("tls_cert", "tls_key"):
             _check_readable(name, getattr(self, name))
@@ -162,7 +169,7 @@ class ActorConfig:
 
     def __post_init__(self) -> None:
         _check_address("learner", self.learner)
-        _require(self.num_envs >= 1, f"--num-envs must be at least 1, got {self.num_envs}")
+        _require(1 <= self.num_envs <= MAX_NUM_ENVS, f"--num-envs must be 1 to {MAX_NUM_ENVS}, got {self.num_envs}")
         _require(self.conv_precision in CONV_PRECISIONS, f"--conv-precision must be one of "
                  f"{', '.join(CONV_PRECISIONS)}, got {self.conv_precision!r}")
         _require(self.connect_timeout is None or self.connect_timeout > 0, "--connect-timeout must be positive")

@@ -39,6 +39,17 @@ def _spec(env_id: str) -> gym.envs.registration.EnvSpec:
         raise EnvError(f"unknown environment {env_id!r}: {err}") from None
 
 
+def episode_return_bound(env_id: str) -> float | None:
+    """The largest |return| one episode can have, where the environment fixes it: Pong ends when a side reaches
+    21 points; CartPole pays 1 per step up to its step limit. None where nothing is known."""
+    spec = _spec(env_id)
+    if is_atari(env_id) and spec.kwargs.get("game") == "pong":
+        return 21.0
+    if spec.id.startswith("CartPole") and spec.max_episode_steps:
+        return float(spec.max_episode_steps)
+    return None
+
+
 def is_atari(env_id: str) -> bool:
     entry = _spec(env_id).entry_point
     return isinstance(entry, str) and entry.startswith("ale_py")

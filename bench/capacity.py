@@ -17,6 +17,7 @@ import grpc
 import torch
 
 from a3c import codec
+from a3c.config import ActorConfig
 from a3c.framing import Push
 from a3c.model import ModelSpec, build_model, parameter_layout
 from a3c.metrics import new_registry
@@ -38,11 +39,14 @@ def _push_loop(address: str, name: str, threads: int, pushing: Synchronized, sto
         wire = codec.gradients_for_wire([torch.full(s, scale) for s in shapes], codec.TORCH_DTYPES[spec.wire_dtype],
                                         spec.max_grad_norm)
         gradients = list(zip(names, wire))
+        # Each push claims what an actor's would: one rollout on the default number of environments.
+        steps = spec.t_max * ActorConfig().num_envs
         version, seq, counted = 0, 0, False
         while not stop.is_set():
             seq += 1
             try:
-                version = client.push(Push(seq, version, gradients, 0, 0, [], pb.LossStats())).version
+                push = Push(seq, version, gradients, steps * spec.frames_per_step, steps, [], pb.LossStats())
+                version = client.push(push).version
             except grpc.RpcError:
                 continue
             if not counted:

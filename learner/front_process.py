@@ -28,7 +28,7 @@ from a3c.framing import ParamsEncoder, push_reply
 from a3c.memory import keep_freed_memory
 from a3c.wire import SERVICE_NAME
 from learner.grpc_server import bound_server
-from learner.servicer import STARTING, GradientCheck, PushRefused, count_if_abandoned, deadline_of
+from learner.servicer import STARTING, GradientCheck, PushLimits, PushRefused, count_if_abandoned, deadline_of
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 
@@ -44,6 +44,7 @@ class FrontSpec:
     run_spec: bytes
     layout: Layout
     wire_dtype: torch.dtype
+    limits: PushLimits
 
 
 @dataclass
@@ -88,7 +89,7 @@ class FrontServicer(pb_grpc.LearnerServicer):
     def __init__(self, spec: FrontSpec, slots: list[Slot], serving, link: _LearnerLink) -> None:
         self.run_spec = pb.RunSpec.FromString(spec.run_spec)
         self.encode = ParamsEncoder(spec.layout, spec.wire_dtype)
-        self.check = GradientCheck(spec.layout, self.run_spec.max_grad_norm)
+        self.check = GradientCheck(spec.layout, spec.limits)
         self.serving, self.link = serving, link
         self._free: queue.SimpleQueue[Slot] = queue.SimpleQueue()
         for slot in slots:

@@ -15,7 +15,7 @@ import torch
 
 from a3c import checkpoints, codec
 from a3c.config import LearnerConfig
-from a3c.envs import describe_env
+from a3c.envs import describe_env, episode_return_bound
 from a3c.errors import UserFacingError
 from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
@@ -25,7 +25,7 @@ from a3c.wire import message_limit
 from learner.global_model import GlobalModel
 from learner.metrics import LearnerMetrics
 from learner.optimizers import fused_step_available
-from learner.servicer import LearnerServicer
+from learner.servicer import LearnerServicer, PushLimits
 from learner.serving import serving_for
 from learner.stats import TrainingStats, format_progress
 from proto import a3c_pb2 as pb
@@ -67,7 +67,8 @@ class LearnerService:
         self.resumed_from: Path | None = None
         num_params = self.model.num_params
         self.run_spec = build_run_spec(config, self.model_spec, info.frames_per_step, info.clip_rewards, num_params)
-        self.servicer = LearnerServicer(self.model, self.stats, self.run_spec, self.metrics)
+        limits = PushLimits.of(self.run_spec, config.max_episode_return or episode_return_bound(config.env))
+        self.servicer = LearnerServicer(self.model, self.stats, self.run_spec, limits, self.metrics)
         self._last_checkpoint = time.monotonic()
         self._best_saved: float | None = None
         self.metrics_server = None

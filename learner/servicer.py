@@ -1,7 +1,8 @@
 """The Learner gRPC service: hands out the run spec and parameters, checks and applies pushed gradients.
 
 A push is applied only when all of it is sound. Malformed gradients (wrong names, shapes or dtypes, NaN or
-Inf, a norm above what actors clip to) get INVALID_ARGUMENT, a base version from the future or older than
+Inf, a norm above what actors clip to) and claims no honest actor can make (counts, episode returns and versions
+a rollout cannot have: `GradientCheck.claims`) get INVALID_ARGUMENT, a base version from the future or older than
 max_staleness gets FAILED_PRECONDITION, a replayed `(actor_id, seq)` gets ALREADY_EXISTS; in every refused case
 the global parameters are untouched. OK means the gradient was applied. Until the learner has resumed from
 its checkpoint every call gets UNAVAILABLE.
@@ -13,6 +14,7 @@ import logging
 import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import grpc
@@ -20,6 +22,7 @@ import torch
 
 from a3c import codec
 from a3c.codec import Layout, split_views
+from a3c.config import MAX_NUM_ENVS
 from a3c.wire import SERVICE_NAME
 from a3c.framing import push_reply
 from learner.global_model import GlobalModel
@@ -42,35 +45,80 @@ class PushRefused(Exception):
         self.reason = reason
 
 
-class GradientCheck:
-    """Decodes a pushed gradient into a flat float32 buffer (layout order) and checks all of it; refuses with
-    PushRefused saying what is wrong. Holds no state, so gRPC front processes run it too."""
+@dataclass(frozen=True)
+class PushLimits:
+    """What a push may claim: no honest actor reports more than these allow."""
 
-    def __init__(self, layout: Layout, max_grad_norm: float) -> None:
+    t_max: int                 # a rollout is t_max agent steps of each of an actor's environments
+    frames_per_step: int       # emulator frames per agent step
+    max_grad_norm: float       # actors clip to it
+    max_episode_return: float  # |return| of one episode (inf: no bound known)
+
+    @classmethod
+    def of(cls, run_spec: pb.RunSpec, max_episode_return: float | None) -> PushLimits:
+        return cls(run_spec.t_max, run_spec.frames_per_step, run_spec.max_grad_norm,
+                   math.inf if max_episode_return is None else max_episode_return)
+
+
+def _refuse(reason: str, message: str) -> PushRefused:
+    return PushRefused(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+
+
+class GradientCheck:
+    """Checks every field of a push that the learner's state does not decide (the rest is `commit`'s), decoding
+    the gradient into a flat float32 buffer (layout order) on the way; refuses with PushRefused saying what is
+    wrong. Holds no state, so gRPC front processes run it too."""
+
+    def __init__(self, layout: Layout, limits: PushLimits) -> None:
         self.layout = list(layout)
-        self.max_grad_norm = max_grad_norm
-        self.max_norm = max_grad_norm * NORM_TOLERANCE
+        self.limits = limits
+        self.max_norm = limits.max_grad_norm * NORM_TOLERANCE
+
+    def claims(self, request: pb.PushGradientsRequest) -> None:
+        """The push's claims other than the gradient: a rollout of t_max steps on 1 to MAX_NUM_ENVS environments
+        with the run's frame skip, no more finished episodes than agent steps, returns within the environment's
+        bound, finite loss statistics, a base version that can have existed."""
+        limits = self.limits
+        if not request.actor_id:
+            raise _refuse("no_actor_id", "actor_id is empty")
+        if request.base_version < 0:
+            raise _refuse("bad_version", f"base version {request.base_version} never existed")
+        steps = request.agent_steps
+        if steps < limits.t_max or steps > limits.t_max * MAX_NUM_ENVS or steps % limits.t_max:
+            raise _refuse("bad_counts", f"{steps} agent steps are not a rollout of {limits.t_max} steps on 1 to "
+                                        f"{MAX_NUM_ENVS} environments")
+        if request.env_frames != steps * limits.frames_per_step:
+            raise _refuse("bad_counts", f"{request.env_frames} frames for {steps} agent steps (the run has "
+                                        f"{limits.frames_per_step} frames per step)")
+        returns = request.episode_returns
+        if len(returns) > steps:
+            raise _refuse("bad_returns", f"{len(returns)} episodes cannot end in {steps} agent steps")
+        if not all(math.isfinite(r) for r in returns):
+            raise _refuse("non_finite", "an episode return is not finite")
+        if any(abs(r) > limits.max_episode_return for r in returns):
+            raise _refuse("bad_returns", f"an episode return of {max(returns, key=abs):g} is beyond "
+                                         f"{limits.max_episode_return:g} (--max-episode-return)")
+        loss = request.loss
+        if not all(math.isfinite(v) for v in (loss.policy_loss, loss.value_loss, loss.entropy, loss.grad_norm)):
+            raise _refuse("non_finite", "a loss statistic is not finite")
+        if loss.entropy < 0 or loss.grad_norm < 0:
+            raise _refuse("bad_loss", "entropy and gradient norm cannot be negative")
 
     def __call__(self, request: pb.PushGradientsRequest, into: torch.Tensor) -> float:
-        """Decode the request's gradient into `into` (flat, float32) and return its global L2 norm."""
-        if not request.actor_id:
-            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "no_actor_id", "actor_id is empty")
-        if request.env_frames < 0 or request.agent_steps < 0:
-            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "bad_counts", "frame counts must not be negative")
-        if not all(math.isfinite(r) for r in request.episode_returns):
-            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite", "an episode return is not finite")
+        """Check the claims, decode the request's gradient into `into` (flat, float32) and return its global L2
+        norm."""
+        self.claims(request)
         try:
             total = math.sqrt(codec.decode_flat(request.gradients, self.layout, into))
         except codec.CodecError as err:
-            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, err.reason, str(err)) from None
+            raise _refuse(err.reason, str(err)) from None
         if not math.isfinite(total):  # NaN or Inf in some gradient, or a float32 overflow of a huge one
             for (name, _), grad in zip(self.layout, split_views(into, self.layout)):
                 if not torch.isfinite(grad).all():
-                    raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "non_finite",
-                                      f"{name}: gradient has NaN or Inf")
+                    raise _refuse("non_finite", f"{name}: gradient has NaN or Inf")
         if total > self.max_norm:
-            raise PushRefused(grpc.StatusCode.INVALID_ARGUMENT, "huge_norm",
-                              f"gradient norm {total:.4g} exceeds the clip norm {self.max_grad_norm:g}")
+            raise _refuse("huge_norm", f"gradient norm {total:.4g} exceeds the clip norm "
+                                       f"{self.limits.max_grad_norm:g}")
         return total
 
 
@@ -94,7 +142,7 @@ def in_time(deadline: float | None) -> bool:
 
 
 class LearnerServicer(pb_grpc.LearnerServicer):
-    def __init__(self, model: GlobalModel, stats: TrainingStats, run_spec: pb.RunSpec,
+    def __init__(self, model: GlobalModel, stats: TrainingStats, run_spec: pb.RunSpec, limits: PushLimits,
                  metrics: LearnerMetrics) -> None:
         self.model = model
         self.stats = stats
@@ -102,7 +150,8 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         self.metrics = metrics
         self._last_seq: dict[str, int] = {}
         self.ready = threading.Event()  # set once resumed; cleared again when shutting down
-        self.check = GradientCheck(model.layout, run_spec.max_grad_norm)
+        self.limits = limits
+        self.check = GradientCheck(model.layout, limits)
 
     def _require_ready(self, context: grpc.ServicerContext) -> None:
         if not self.ready.is_set():

@@ -83,7 +83,8 @@ class ServedByFronts:
         self.description = f", {config.frontends} gRPC front processes"
         model = servicer.model
         spec = FrontSpec(config, f"{config.listen.rsplit(':', 1)[0]}:{self.port}",
-                         servicer.run_spec.SerializeToString(), list(model.layout), model.wire_dtype)
+                         servicer.run_spec.SerializeToString(), list(model.layout), model.wire_dtype,
+                         servicer.limits)
         self.pool = FrontendPool(spec, config.frontends, servicer, metrics)
 
     def start(self) -> None:

@@ -45,6 +45,12 @@ def stub(learner):
         yield pb_grpc.LearnerStub(channel)
 
 
+def rollout_counts(learner: LearnerService, envs: int = 1) -> dict[str, int]:
+    """The frame and step counts of one honest rollout of the learner's run on `envs` environments."""
+    steps = learner.run_spec.t_max * envs
+    return {"agent_steps": steps, "env_frames": steps * learner.run_spec.frames_per_step}
+
+
 def rejections(learner: LearnerService) -> dict[str, float]:
     """The learner's refused pushes by reason, as its metrics report them (only the non-zero ones)."""
     counts = {reason: learner.registry.get_sample_value("a3c_learner_gradients_rejected_total", {"reason": reason})

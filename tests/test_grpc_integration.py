@@ -8,6 +8,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from a3c import codec, int8
+from a3c.config import MAX_NUM_ENVS
 from a3c.framing import Push
 from a3c.metrics import new_registry
 from a3c.model import ModelSpec, build_model, parameter_layout
@@ -17,7 +18,7 @@ from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
-from tests.conftest import expect_rejections
+from tests.conftest import expect_rejections, rollout_counts
 from tests.processes import wait_for
 
 
@@ -82,8 +83,15 @@ def _gradients(learner, **replace):
     return codec.encode_all(grads.items())
 
 
+def _push(learner, **fields) -> pb.PushGradientsRequest:
+    """A sound push of zero gradients (one rollout on one environment), with `fields` replaced."""
+    return pb.PushGradientsRequest(**{"actor_id": "a", "seq": 1, "base_version": 0, "gradients": _gradients(learner),
+                                      **rollout_counts(learner), **fields})
+
+
 def _refusals(learner):
     name, shape = learner.model.layout[0]
+    t_max = learner.run_spec.t_max
     truncated = _gradients(learner)
     truncated[0].data = truncated[0].data[:-3]
     oversized = _gradients(learner)
@@ -109,11 +117,36 @@ def _refusals(learner):
         "nan_return": (dict(gradients=_gradients(learner), episode_returns=[float("nan")]),
                        grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
         "oversized": (dict(gradients=oversized), grpc.StatusCode.RESOURCE_EXHAUSTED, None),
+        # Claims no honest actor can make (CartPole: 20-step rollouts, 1 frame per step, returns up to 500).
+        "negative_base_version": (dict(base_version=-1), grpc.StatusCode.INVALID_ARGUMENT, "bad_version"),
+        "no_steps": (dict(agent_steps=0, env_frames=0), grpc.StatusCode.INVALID_ARGUMENT, "bad_counts"),
+        "partial_rollout": (dict(agent_steps=t_max + 1, env_frames=t_max + 1), grpc.StatusCode.INVALID_ARGUMENT,
+                            "bad_counts"),
+        "too_many_envs": (dict(agent_steps=t_max * (MAX_NUM_ENVS + 1), env_frames=t_max * (MAX_NUM_ENVS + 1)),
+                          grpc.StatusCode.INVALID_ARGUMENT, "bad_counts"),
+        "frames_not_steps": (dict(env_frames=10 * t_max), grpc.StatusCode.INVALID_ARGUMENT, "bad_counts"),
+        "more_episodes_than_steps": (dict(episode_returns=[1.0] * (t_max + 1)), grpc.StatusCode.INVALID_ARGUMENT,
+                                     "bad_returns"),
+        "impossible_return": (dict(episode_returns=[501.0]), grpc.StatusCode.INVALID_ARGUMENT, "bad_returns"),
+        "nan_loss": (dict(loss=pb.LossStats(value_loss=float("nan"))), grpc.StatusCode.INVALID_ARGUMENT,
+                     "non_finite"),
+        "negative_entropy": (dict(loss=pb.LossStats(entropy=-1.0)), grpc.StatusCode.INVALID_ARGUMENT, "bad_loss"),
         "nan_scale": (dict(gradients=_gradients(learner, **{name: _int8(shape, float("nan"))})),
                       grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
         "uneven_scales": (dict(gradients=_gradients(learner, **{name: _int8(shape, 1e-3, blocks=7)})),
                           grpc.StatusCode.INVALID_ARGUMENT, "bad_scales"),
     }
+
+
+def _counters(learner) -> dict:
+    return {key: value for key, value in learner.stats.state().items() if key != "seconds"}
+
+
+def test_the_episode_return_bound_widens_for_an_unusual_environment(start_learner):
+    learner = start_learner(max_episode_return=1000.0)
+    with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
+        reply = pb_grpc.LearnerStub(channel).PushGradients(_push(learner, episode_returns=[501.0]), timeout=10)
+    assert reply.version == 1 and learner.stats.episodes == 1
 
 
 def _int8(shape, scale, blocks=1):
@@ -123,23 +156,26 @@ def _int8(shape, scale, blocks=1):
 
 @pytest.mark.parametrize("case", ["nan", "inf", "wrong_shape", "wrong_dtype", "missing_tensor", "extra_tensor",
                                   "truncated_bytes", "future_version", "no_actor_id", "nan_return", "oversized",
-                                  "nan_scale", "uneven_scales"])
+                                  "nan_scale", "uneven_scales", "negative_base_version", "no_steps",
+                                  "partial_rollout", "too_many_envs", "frames_not_steps", "more_episodes_than_steps",
+                                  "impossible_return", "nan_loss", "negative_entropy"])
 def test_malformed_push_is_refused_and_changes_nothing(learner, stub, case):
     fields, code, reason = _refusals(learner)[case]
-    request = pb.PushGradientsRequest(**{"actor_id": "bad", "seq": 1, "base_version": 0, **fields})
-    digest = learner.model.digest()
+    request = _push(learner, **{"actor_id": "bad", **fields})
+    digest, stats = learner.model.digest(), _counters(learner)
     with pytest.raises(grpc.RpcError) as err:
         stub.PushGradients(request, timeout=10)
     assert err.value.code() == code
     assert learner.model.digest() == digest
     assert learner.model.version == 0
+    assert _counters(learner) == stats  # frames, steps, updates, episodes, the return window, the best mean
     if reason is not None:
         assert reason in err.value.details()
         expect_rejections(learner, {reason: 1})
 
 
 def test_replayed_push_is_applied_once(learner, stub):
-    request = pb.PushGradientsRequest(actor_id="a", seq=7, base_version=0, gradients=_gradients(learner))
+    request = _push(learner, actor_id="a", seq=7, base_version=0)
     assert stub.PushGradients(request, timeout=10).version == 1
     digest = learner.model.digest()
     with pytest.raises(grpc.RpcError) as err:
@@ -154,7 +190,7 @@ def _learner_sample(learner, name: str) -> float:
 
 
 def test_a_push_whose_deadline_passed_while_it_waited_is_not_applied(learner, stub):
-    request = pb.PushGradientsRequest(actor_id="gone", seq=1, base_version=0, gradients=_gradients(learner))
+    request = _push(learner, actor_id="gone", seq=1, base_version=0)
     with learner.model.lock:  # the learner busy (writing a checkpoint, say) while the caller waits
         call = stub.PushGradients.future(request, timeout=1.5)
         wait_for(lambda: _learner_sample(learner, "a3c_learner_pushes_waiting") == 1, 10, "the push to wait")
@@ -170,7 +206,7 @@ def test_a_push_whose_deadline_passed_while_it_waited_is_not_applied(learner, st
 
 
 def test_a_push_its_caller_cancelled_while_it_waited_is_not_applied(learner, stub):
-    request = pb.PushGradientsRequest(actor_id="quitter", seq=1, base_version=0, gradients=_gradients(learner))
+    request = _push(learner, actor_id="quitter", seq=1, base_version=0)
     with learner.model.lock:
         call = stub.PushGradients.future(request, timeout=30)
         wait_for(lambda: _learner_sample(learner, "a3c_learner_pushes_waiting") == 1, 10, "the push to wait")
@@ -180,11 +216,9 @@ def test_a_push_its_caller_cancelled_while_it_waited_is_not_applied(learner, stu
     expect_rejections(learner, {"cancelled": 1})
     assert learner.model.version == 0 and learner.stats.env_frames == 0
     # A push that is answered, or refused, is not abandoned.
-    stub.PushGradients(pb.PushGradientsRequest(actor_id="stayer", seq=1, base_version=0,
-                                               gradients=_gradients(learner)), timeout=10)
+    stub.PushGradients(_push(learner, actor_id="stayer", seq=1, base_version=0), timeout=10)
     with pytest.raises(grpc.RpcError):
-        stub.PushGradients(pb.PushGradientsRequest(actor_id="stayer", seq=1, base_version=1,
-                                                   gradients=_gradients(learner)), timeout=10)
+        stub.PushGradients(_push(learner, actor_id="stayer", seq=1, base_version=1), timeout=10)
     assert learner.model.version == 1
     assert _learner_sample(learner, "a3c_learner_pushes_abandoned_total") == 1
     assert _learner_sample(learner, "a3c_learner_pushes_waiting") == 0
@@ -196,12 +230,10 @@ def test_too_stale_push_is_refused(start_learner, frontends):
     with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
         stub = pb_grpc.LearnerStub(channel)
         for seq in range(1, 4):
-            stub.PushGradients(pb.PushGradientsRequest(actor_id="fast", seq=seq, base_version=seq - 1,
-                                                       gradients=_gradients(learner)), timeout=10)
+            stub.PushGradients(_push(learner, actor_id="fast", seq=seq, base_version=seq - 1), timeout=10)
         digest = learner.model.digest()
         with pytest.raises(grpc.RpcError) as err:
-            stub.PushGradients(pb.PushGradientsRequest(actor_id="slow", seq=1, base_version=0,
-                                                       gradients=_gradients(learner)), timeout=10)
+            stub.PushGradients(_push(learner, actor_id="slow", seq=1, base_version=0), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "stale" in err.value.details()
     assert (learner.model.version, learner.model.digest()) == (3, digest)
     expect_rejections(learner, {"stale": 1})
@@ -209,8 +241,8 @@ def test_too_stale_push_is_refused(start_learner, frontends):
 
 def test_gradient_from_the_wire_in_float16_is_accepted(learner, stub):
     grads = [codec.encode(n, torch.full(s, 0.001), torch.float16) for n, s in learner.model.layout]
-    reply = stub.PushGradients(pb.PushGradientsRequest(actor_id="h", seq=1, base_version=0, gradients=grads),
-                               timeout=10)
+    reply = stub.PushGradients(pb.PushGradientsRequest(actor_id="h", seq=1, base_version=0, gradients=grads,
+                                                       **rollout_counts(learner)), timeout=10)
     assert reply.version == 1
     assert np.isfinite(learner.model.params[0].detach().numpy()).all()
 
@@ -235,7 +267,9 @@ def test_int8_wire_pulls_and_pushes_quantized_tensors(start_learner, frontends):
     grads = [torch.randn(shape) for _, shape in learner.model.layout]
     norm = torch.sqrt(sum(g.square().sum() for g in grads))
     grads = [g * spec.max_grad_norm / norm for g in grads]
-    reply = client.push(Push(1, 0, list(zip((n for n, _ in learner.model.layout), grads)), 8, 8, [], pb.LossStats()))
+    counts = rollout_counts(learner)
+    reply = client.push(Push(1, 0, list(zip((n for n, _ in learner.model.layout), grads)), counts["env_frames"],
+                             counts["agent_steps"], [], pb.LossStats()))
     assert reply.version == 1
     assert all(not torch.equal(b, p) for b, p in zip(before, learner.model.params))
     expect_rejections(learner, {})

@@ -14,6 +14,7 @@ from learner.global_model import GlobalModel
 from learner.optimizers import TFStyleRMSprop
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
+from tests.conftest import rollout_counts
 
 SPEC = ModelSpec(kind="mlp", obs_shape=(4,), num_actions=2)
 
@@ -63,7 +64,7 @@ def test_one_push_over_grpc_applies_exactly_the_sent_gradient(start_learner):
     with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
         reply = pb_grpc.LearnerStub(channel).PushGradients(pb.PushGradientsRequest(
             actor_id="t", seq=1, base_version=0, gradients=codec.encode_all(zip((n for n, _ in model.layout), gradients)),
-            env_frames=5, agent_steps=5, want_params=True), timeout=10)
+            **rollout_counts(learner), want_params=True), timeout=10)
     assert reply.version == 1
     for p, p0 in zip(model.params, before):
         torch.testing.assert_close(p.detach(), p0 - 0.5 * 0.125, rtol=0, atol=1e-7)

@@ -17,7 +17,7 @@ from actor.metrics import ActorMetrics
 from learner.service import LearnerService
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
-from tests.conftest import expect_rejections
+from tests.conftest import expect_rejections, rollout_counts
 
 TOKEN = "correct-horse-battery-staple"
 
@@ -25,7 +25,7 @@ TOKEN = "correct-horse-battery-staple"
 def push_request(learner, scale: float = 0.0, seq: int = 1) -> pb.PushGradientsRequest:
     grads = [(name, torch.full(shape, scale)) for name, shape in learner.model.layout]
     return pb.PushGradientsRequest(actor_id="t", seq=seq, base_version=learner.model.version,
-                                   gradients=codec.encode_all(grads))
+                                   gradients=codec.encode_all(grads), **rollout_counts(learner))
 
 
 def client(address: str, **kwargs) -> LearnerClient:

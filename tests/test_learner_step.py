@@ -97,7 +97,9 @@ def test_a_checkpoint_from_before_the_flat_buffer_resumes_the_same_optimizer():
     reference = build_model(SPEC)
     reference.load_state_dict(old_model.model.state_dict())
     per_parameter = TFStyleRMSprop(reference.parameters(), lr=1e-3, eps=1e-5)
-    steps = [[torch.randn_like(p) * 1e-2 for p in reference.parameters()] for _ in range(3)]
+    # Gradients of about 10: the running averages (which start at 1) then differ enough from one entry to the
+    # next that a misplaced one changes the step.
+    steps = [[torch.randn_like(p) * 10 for p in reference.parameters()] for _ in range(3)]
     for param, grad in zip(reference.parameters(), steps[0]):
         param.grad = grad
     per_parameter.step()

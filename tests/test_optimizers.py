@@ -23,7 +23,8 @@ def test_steps_follow_the_tensorflow_formula_on_the_pong_network():
     expected = [p.detach().clone() for p in model.parameters()]
     mean_squares = [torch.ones_like(p) for p in expected]
     optimizer = make_optimizer("rmsprop", model.parameters(), LR, ALPHA, EPS)
-    for grads in gradient_sequence(expected, steps=3):
+    # Gradients of about 1, so that the squared gradient's weight shows against the mean square's start at 1.
+    for grads in gradient_sequence(expected, steps=3, scale=1.0):
         for param, grad in zip(model.parameters(), grads):
             param.grad = grad
         optimizer.step()

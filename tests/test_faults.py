@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,14 +120,15 @@ def test_a_torn_latest_checkpoint_falls_back_to_the_previous(tmp_path):
 
 
 def test_checkpoints_refuse_to_unpickle_code(tmp_path):
-    import pickle
+    marker = tmp_path / "pwned"
 
     class Evil:
-        def __reduce__(self):
-            return (print, ("pwned",))
+        def __reduce__(self):  # what a crafted checkpoint runs when unpickled: here, it only leaves a file
+            return (Path.touch, (marker,))
 
-    (tmp_path / checkpoints.LATEST).write_bytes(pickle.dumps({"version": Evil()}, protocol=2))
+    torch.save({"version": Evil()}, tmp_path / checkpoints.LATEST)  # a real checkpoint file, with code in it
     assert checkpoints.load_newest(tmp_path) is None
+    assert not marker.exists()
 
 
 def test_actors_started_before_the_learner_wait_for_it(run):

@@ -28,7 +28,7 @@ def bound_server(config: LearnerConfig, servicer: pb_grpc.LearnerServicer, healt
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=interceptors,
                          maximum_concurrent_rpcs=config.max_concurrent_rpcs,
                          options=channel_options(max_message_bytes) + [("grpc.so_reuseport", int(share_port))])
-    add_to_server(servicer, server)
+    add_to_server(servicer, server, events)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     try:
         if config.tls_cert:

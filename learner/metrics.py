@@ -11,10 +11,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from a3c.metrics import LAG_BUCKETS, LATENCY_BUCKETS, RETURN_BUCKETS
 
 # Every reason a push can be refused for, so each series exists (at 0) before the first refusal.
-REJECT_REASONS = ("no_actor_id", "bad_version", "bad_counts", "bad_returns", "bad_loss", "non_finite", "bad_dtype",
-                  "bad_shape", "bad_size", "bad_scales", "missing_tensor", "unknown_tensor", "tensor_order",
-                  "duplicate", "future_version", "stale", "huge_norm", "unauthenticated", "shutting_down",
-                  "cancelled")
+REJECT_REASONS = ("malformed", "no_actor_id", "bad_version", "bad_counts", "bad_returns", "bad_loss", "non_finite",
+                  "bad_dtype", "bad_shape", "bad_size", "bad_scales", "missing_tensor", "unknown_tensor",
+                  "tensor_order", "duplicate", "future_version", "stale", "huge_norm", "unauthenticated",
+                  "shutting_down", "cancelled")
 NORM_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0)
 
 

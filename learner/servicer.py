@@ -19,6 +19,7 @@ from typing import Callable, TypeVar
 
 import grpc
 import torch
+from google.protobuf.message import DecodeError
 
 from a3c import codec
 from a3c.codec import Layout, split_views
@@ -26,7 +27,7 @@ from a3c.config import MAX_NUM_ENVS
 from a3c.wire import SERVICE_NAME
 from a3c.framing import push_reply
 from learner.global_model import GlobalModel
-from learner.metrics import LearnerMetrics
+from learner.metrics import LearnerMetrics, RpcEvents
 from learner.stats import TrainingStats
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
@@ -216,12 +217,12 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             if request.base_version > version:
                 raise PushRefused(grpc.StatusCode.FAILED_PRECONDITION, "future_version",
                                   f"base version {request.base_version} is ahead of the learner's {version}")
-            self._last_seq[request.actor_id] = request.seq
             staleness = version - request.base_version
             if staleness > self.run_spec.max_staleness:
                 raise PushRefused(grpc.StatusCode.FAILED_PRECONDITION, "stale",
                                   f"base version {request.base_version} is {staleness} updates old "
                                   f"(limit {self.run_spec.max_staleness})")
+            self._last_seq[request.actor_id] = request.seq  # only once applied: a refused push changes nothing
             # Frames and episodes count with the gradient that carries them, so actors and learner agree.
             self.stats.record_rollout(request.env_frames, request.agent_steps, request.episode_returns)
             self.metrics.staleness.observe(staleness)
@@ -241,12 +242,28 @@ def _serialize(response: object) -> bytes:
     return response if isinstance(response, bytes) else response.SerializeToString()
 
 
-def add_to_server(servicer: LearnerServicer, server: grpc.Server) -> None:
-    """Like the generated add_LearnerServicer_to_server, but replies may be pre-serialized bytes."""
+def _parsing(name: str, message: type, handle: Callable, events: RpcEvents) -> Callable:
+    """`handle` given the request parsed from its bytes: a request protobuf cannot parse gets INVALID_ARGUMENT
+    (gRPC's own deserializer would answer INTERNAL), and a push so refused is counted as `malformed`."""
+    def parse_and_handle(raw: bytes, context: grpc.ServicerContext):
+        try:
+            request = message.FromString(raw)
+        except DecodeError:
+            if name == "PushGradients":
+                events.refused("malformed")
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed: the bytes are not a {message.__name__}")
+        return handle(request, context)
+
+    return parse_and_handle
+
+
+def add_to_server(servicer: pb_grpc.LearnerServicer, server: grpc.Server, events: RpcEvents) -> None:
+    """Like the generated add_LearnerServicer_to_server, but requests are parsed by the handler and replies may
+    be pre-serialized bytes."""
     requests = {"GetRunSpec": pb.GetRunSpecRequest, "GetParams": pb.GetParamsRequest,
                 "PushGradients": pb.PushGradientsRequest}
-    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), response_serializer=_serialize,
-                                                          request_deserializer=request.FromString)
+    handlers = {name: grpc.unary_unary_rpc_method_handler(_parsing(name, request, getattr(servicer, name), events),
+                                                          response_serializer=_serialize)
                 for name, request in requests.items()}
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)

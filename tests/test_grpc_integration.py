@@ -237,6 +237,11 @@ def test_too_stale_push_is_refused(start_learner, frontends):
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "stale" in err.value.details()
     assert (learner.model.version, learner.model.digest()) == (3, digest)
     expect_rejections(learner, {"stale": 1})
+    # The refused push did not use up its sequence number: sent again on fresh parameters, it is applied.
+    with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
+        reply = pb_grpc.LearnerStub(channel).PushGradients(_push(learner, actor_id="slow", seq=1, base_version=3),
+                                                           timeout=10)
+    assert reply.version == 4
 
 
 def test_gradient_from_the_wire_in_float16_is_accepted(learner, stub):

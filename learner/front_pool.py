@@ -175,7 +175,7 @@ class FrontendPool:
             if kind == "bound":
                 front.bound.set()
             elif kind == "refused":
-                self.metrics.refused(*args)
+                self.servicer.count_refusal(*args)
             elif kind == "rpc":
                 self.metrics.rpc_done(*args)
             elif kind == "abandoned":

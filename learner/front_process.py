@@ -74,7 +74,11 @@ class _LearnerLink:
                 self._conn.send(event)
 
     def refused(self, reason: str) -> None:
-        self.send("refused", reason)
+        self.send("refused", reason, "", False)
+
+    def refused_push(self, reason: str, actor_id: str, invalid: bool) -> None:
+        """A push this front refused: counted, and when invalid, against its actor's refusal budget."""
+        self.send("refused", reason, actor_id, invalid)
 
     def rpc_done(self, method: str, code: str, seconds: float) -> None:
         self.send("rpc", method, code, seconds)
@@ -140,7 +144,8 @@ class FrontServicer(pb_grpc.LearnerServicer):
                     raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", STARTING)
                 gradient_norm = self.check(request, slot.gradient)
             except PushRefused as refused:
-                self.link.refused(refused.reason)
+                self.link.refused_push(refused.reason, request.actor_id,
+                                       refused.code == grpc.StatusCode.INVALID_ARGUMENT)
                 context.abort(refused.code, f"{refused.reason}: {refused}")
             # Every field but the gradient, which the learner reads from the slot (a field added to the
             # contract travels too).

@@ -14,7 +14,7 @@ from a3c.metrics import LAG_BUCKETS, LATENCY_BUCKETS, RETURN_BUCKETS
 REJECT_REASONS = ("malformed", "no_actor_id", "bad_version", "bad_counts", "bad_returns", "bad_loss", "non_finite",
                   "bad_dtype", "bad_shape", "bad_size", "bad_scales", "missing_tensor", "unknown_tensor",
                   "tensor_order", "duplicate", "future_version", "stale", "huge_norm", "unauthenticated",
-                  "shutting_down", "cancelled")
+                  "shutting_down", "cancelled", "cooling_down")
 NORM_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 100.0, 1000.0)
 
 
@@ -51,6 +51,9 @@ class LearnerMetrics:
         self.checkpoint_version.set(-1)
         self.actors_active = Gauge("a3c_learner_actors_active", "Actors heard from in the last minute",
                                    registry=registry)
+        self.actors_cooling_down = Gauge("a3c_learner_actors_cooling_down",
+                                         "Actors refused outright for a while: too many invalid pushes",
+                                         registry=registry)
         self.rpc_handled = Counter("a3c_learner_rpc_handled_total", "RPCs completed, by method and gRPC code",
                                    ["method", "code"], registry=registry)
         self.rpc_seconds = Histogram("a3c_learner_rpc_seconds", "Server-side RPC handling time, by method",

@@ -25,6 +25,7 @@ from a3c.wire import message_limit
 from learner.global_model import GlobalModel
 from learner.metrics import LearnerMetrics
 from learner.optimizers import fused_step_available
+from learner.refusal_budget import RefusalBudget
 from learner.servicer import LearnerServicer, PushLimits
 from learner.serving import serving_for
 from learner.stats import TrainingStats, format_progress
@@ -68,7 +69,8 @@ class LearnerService:
         num_params = self.model.num_params
         self.run_spec = build_run_spec(config, self.model_spec, info.frames_per_step, info.clip_rewards, num_params)
         limits = PushLimits.of(self.run_spec, config.max_episode_return or episode_return_bound(config.env))
-        self.servicer = LearnerServicer(self.model, self.stats, self.run_spec, limits, self.metrics)
+        self.servicer = LearnerServicer(self.model, self.stats, self.run_spec, limits, self.metrics,
+                                        RefusalBudget(config.refusal_limit, config.refusal_cooldown))
         self._last_checkpoint = time.monotonic()
         self._best_saved: float | None = None
         self.metrics_server = None

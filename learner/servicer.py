@@ -28,6 +28,7 @@ from a3c.wire import SERVICE_NAME
 from a3c.framing import push_reply
 from learner.global_model import GlobalModel
 from learner.metrics import LearnerMetrics, RpcEvents
+from learner.refusal_budget import RefusalBudget
 from learner.stats import TrainingStats
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
@@ -144,7 +145,7 @@ def in_time(deadline: float | None) -> bool:
 
 class LearnerServicer(pb_grpc.LearnerServicer):
     def __init__(self, model: GlobalModel, stats: TrainingStats, run_spec: pb.RunSpec, limits: PushLimits,
-                 metrics: LearnerMetrics) -> None:
+                 metrics: LearnerMetrics, budget: RefusalBudget) -> None:
         self.model = model
         self.stats = stats
         self.run_spec = run_spec
@@ -153,6 +154,8 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         self.ready = threading.Event()  # set once resumed; cleared again when shutting down
         self.limits = limits
         self.check = GradientCheck(model.layout, limits)
+        self.budget = budget
+        metrics.actors_cooling_down.set_function(budget.cooling_count)
 
     def _require_ready(self, context: grpc.ServicerContext) -> None:
         if not self.ready.is_set():
@@ -178,6 +181,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         try:
             if not self.ready.is_set():
                 raise PushRefused(grpc.StatusCode.UNAVAILABLE, "shutting_down", STARTING)
+            self.refuse_if_cooling(request.actor_id)  # before any work on what it sent
             deadline = deadline_of(context)
             flat = torch.empty(self.model.num_params)  # each request its own: with --workers > 1 decodes overlap
             gradient_norm = self.check(request, flat)
@@ -192,14 +196,30 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             answered()
 
     def refused(self, request: pb.PushGradientsRequest, refused: PushRefused) -> None:
-        self.metrics.refused(refused.reason)
+        self.count_refusal(refused.reason, request.actor_id, refused.code == grpc.StatusCode.INVALID_ARGUMENT)
         log.debug("refused push from %s: %s", request.actor_id, refused)
+
+    def count_refusal(self, reason: str, actor_id: str, invalid: bool) -> None:
+        """A refused push, in the metrics and, when it was invalid (no honest actor sends one), against the
+        actor's refusal budget."""
+        self.metrics.refused(reason)
+        if invalid and self.budget.refused(actor_id):
+            log.warning("%s sent more than %d invalid pushes within a minute (the last: %s); its pushes are refused "
+                        "for %g s", actor_id, self.budget.limit, reason, self.budget.cooldown)
+
+    def refuse_if_cooling(self, actor_id: str) -> None:
+        left = self.budget.cooling(actor_id)
+        if left:
+            raise PushRefused(grpc.StatusCode.RESOURCE_EXHAUSTED, "cooling_down",
+                              f"{actor_id} sent more than {self.budget.limit} invalid pushes within a minute; "
+                              f"its pushes are refused for {left:.0f} s more")
 
     def commit(self, request: pb.PushGradientsRequest, gradient: torch.Tensor, gradient_norm: float,
                still_wanted: Callable[[], bool], take_params: Callable[[], T]) -> tuple[int, T | None]:
         """Apply a checked gradient (flat, layout order) unless the push is a replay, stale or from the future;
         returns the new version and, when the push asks for them, `take_params()` of the parameters at exactly
         that version. Raises PushRefused, leaving everything untouched. The request's gradients are not read."""
+        self.refuse_if_cooling(request.actor_id)
         self.stats.heard_from(request.actor_id)
         self.metrics.pushes_waiting.inc()
         with self.model.lock:

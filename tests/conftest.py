@@ -4,11 +4,14 @@ import sys
 
 import grpc
 import pytest
+import torch
 
+from a3c import codec
 from a3c.config import LearnerConfig
 from a3c.wire import channel_options
 from learner.metrics import REJECT_REASONS
 from learner.service import LearnerService
+from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
 from tests.processes import ROOT, wait_for
 
@@ -49,6 +52,19 @@ def rollout_counts(learner: LearnerService, envs: int = 1) -> dict[str, int]:
     """The frame and step counts of one honest rollout of the learner's run on `envs` environments."""
     steps = learner.run_spec.t_max * envs
     return {"agent_steps": steps, "env_frames": steps * learner.run_spec.frames_per_step}
+
+
+def zero_gradients(learner: LearnerService, **replace: torch.Tensor) -> list[pb.Tensor]:
+    """A gradient of zeros for the learner's network, as messages, with some tensors replaced."""
+    grads = {name: torch.zeros(shape) for name, shape in learner.model.layout}
+    grads.update(replace)
+    return codec.encode_all(grads.items())
+
+
+def sound_push(learner: LearnerService, **fields) -> pb.PushGradientsRequest:
+    """A sound push of zero gradients (one rollout on one environment), with `fields` replaced."""
+    return pb.PushGradientsRequest(**{"actor_id": "a", "seq": 1, "base_version": 0,
+                                      "gradients": zero_gradients(learner), **rollout_counts(learner), **fields})
 
 
 def rejections(learner: LearnerService) -> dict[str, float]:

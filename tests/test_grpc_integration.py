@@ -18,7 +18,7 @@ from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
-from tests.conftest import expect_rejections, rollout_counts
+from tests.conftest import expect_rejections, rollout_counts, sound_push, zero_gradients
 from tests.processes import wait_for
 
 
@@ -77,44 +77,32 @@ def test_unreachable_learner_raises_after_timeout():
         client.connect(timeout=0.5)
 
 
-def _gradients(learner, **replace):
-    grads = {name: torch.zeros(shape) for name, shape in learner.model.layout}
-    grads.update(replace)
-    return codec.encode_all(grads.items())
-
-
-def _push(learner, **fields) -> pb.PushGradientsRequest:
-    """A sound push of zero gradients (one rollout on one environment), with `fields` replaced."""
-    return pb.PushGradientsRequest(**{"actor_id": "a", "seq": 1, "base_version": 0, "gradients": _gradients(learner),
-                                      **rollout_counts(learner), **fields})
-
-
 def _refusals(learner):
     name, shape = learner.model.layout[0]
     t_max = learner.run_spec.t_max
-    truncated = _gradients(learner)
+    truncated = zero_gradients(learner)
     truncated[0].data = truncated[0].data[:-3]
-    oversized = _gradients(learner)
+    oversized = zero_gradients(learner)
     oversized[0].data = b"\x00" * (learner.run_spec.max_message_bytes + 1)
     return {
-        "nan": (dict(gradients=_gradients(learner, **{name: torch.full(shape, float("nan"))})),
+        "nan": (dict(gradients=zero_gradients(learner, **{name: torch.full(shape, float("nan"))})),
                 grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
-        "inf": (dict(gradients=_gradients(learner, **{name: torch.full(shape, float("inf"))})),
+        "inf": (dict(gradients=zero_gradients(learner, **{name: torch.full(shape, float("inf"))})),
                 grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
-        "wrong_shape": (dict(gradients=_gradients(learner, **{name: torch.zeros(3, 3)})),
+        "wrong_shape": (dict(gradients=zero_gradients(learner, **{name: torch.zeros(3, 3)})),
                         grpc.StatusCode.INVALID_ARGUMENT, "bad_shape"),
-        "wrong_dtype": (dict(gradients=_gradients(learner, **{name: torch.zeros(shape, dtype=torch.int64)})),
+        "wrong_dtype": (dict(gradients=zero_gradients(learner, **{name: torch.zeros(shape, dtype=torch.int64)})),
                         grpc.StatusCode.INVALID_ARGUMENT, "bad_dtype"),
-        "missing_tensor": (dict(gradients=_gradients(learner)[1:]), grpc.StatusCode.INVALID_ARGUMENT,
+        "missing_tensor": (dict(gradients=zero_gradients(learner)[1:]), grpc.StatusCode.INVALID_ARGUMENT,
                            "missing_tensor"),
-        "extra_tensor": (dict(gradients=_gradients(learner) + [codec.encode("extra", torch.zeros(1))]),
+        "extra_tensor": (dict(gradients=zero_gradients(learner) + [codec.encode("extra", torch.zeros(1))]),
                          grpc.StatusCode.INVALID_ARGUMENT, "unknown_tensor"),
         "truncated_bytes": (dict(gradients=truncated), grpc.StatusCode.INVALID_ARGUMENT, "bad_size"),
-        "future_version": (dict(gradients=_gradients(learner), base_version=5), grpc.StatusCode.FAILED_PRECONDITION,
+        "future_version": (dict(gradients=zero_gradients(learner), base_version=5), grpc.StatusCode.FAILED_PRECONDITION,
                            "future_version"),
-        "no_actor_id": (dict(gradients=_gradients(learner), actor_id=""), grpc.StatusCode.INVALID_ARGUMENT,
+        "no_actor_id": (dict(gradients=zero_gradients(learner), actor_id=""), grpc.StatusCode.INVALID_ARGUMENT,
                         "no_actor_id"),
-        "nan_return": (dict(gradients=_gradients(learner), episode_returns=[float("nan")]),
+        "nan_return": (dict(gradients=zero_gradients(learner), episode_returns=[float("nan")]),
                        grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
         "oversized": (dict(gradients=oversized), grpc.StatusCode.RESOURCE_EXHAUSTED, None),
         # Claims no honest actor can make (CartPole: 20-step rollouts, 1 frame per step, returns up to 500).
@@ -131,9 +119,9 @@ def _refusals(learner):
         "nan_loss": (dict(loss=pb.LossStats(value_loss=float("nan"))), grpc.StatusCode.INVALID_ARGUMENT,
                      "non_finite"),
         "negative_entropy": (dict(loss=pb.LossStats(entropy=-1.0)), grpc.StatusCode.INVALID_ARGUMENT, "bad_loss"),
-        "nan_scale": (dict(gradients=_gradients(learner, **{name: _int8(shape, float("nan"))})),
+        "nan_scale": (dict(gradients=zero_gradients(learner, **{name: _int8(shape, float("nan"))})),
                       grpc.StatusCode.INVALID_ARGUMENT, "non_finite"),
-        "uneven_scales": (dict(gradients=_gradients(learner, **{name: _int8(shape, 1e-3, blocks=7)})),
+        "uneven_scales": (dict(gradients=zero_gradients(learner, **{name: _int8(shape, 1e-3, blocks=7)})),
                           grpc.StatusCode.INVALID_ARGUMENT, "bad_scales"),
     }
 
@@ -145,7 +133,7 @@ def _counters(learner) -> dict:
 def test_the_episode_return_bound_widens_for_an_unusual_environment(start_learner):
     learner = start_learner(max_episode_return=1000.0)
     with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
-        reply = pb_grpc.LearnerStub(channel).PushGradients(_push(learner, episode_returns=[501.0]), timeout=10)
+        reply = pb_grpc.LearnerStub(channel).PushGradients(sound_push(learner, episode_returns=[501.0]), timeout=10)
     assert reply.version == 1 and learner.stats.episodes == 1
 
 
@@ -161,7 +149,7 @@ def _int8(shape, scale, blocks=1):
                                   "impossible_return", "nan_loss", "negative_entropy"])
 def test_malformed_push_is_refused_and_changes_nothing(learner, stub, case):
     fields, code, reason = _refusals(learner)[case]
-    request = _push(learner, **{"actor_id": "bad", **fields})
+    request = sound_push(learner, **{"actor_id": "bad", **fields})
     digest, stats = learner.model.digest(), _counters(learner)
     with pytest.raises(grpc.RpcError) as err:
         stub.PushGradients(request, timeout=10)
@@ -175,7 +163,7 @@ def test_malformed_push_is_refused_and_changes_nothing(learner, stub, case):
 
 
 def test_replayed_push_is_applied_once(learner, stub):
-    request = _push(learner, actor_id="a", seq=7, base_version=0)
+    request = sound_push(learner, actor_id="a", seq=7, base_version=0)
     assert stub.PushGradients(request, timeout=10).version == 1
     digest = learner.model.digest()
     with pytest.raises(grpc.RpcError) as err:
@@ -190,7 +178,7 @@ def _learner_sample(learner, name: str) -> float:
 
 
 def test_a_push_whose_deadline_passed_while_it_waited_is_not_applied(learner, stub):
-    request = _push(learner, actor_id="gone", seq=1, base_version=0)
+    request = sound_push(learner, actor_id="gone", seq=1, base_version=0)
     with learner.model.lock:  # the learner busy (writing a checkpoint, say) while the caller waits
         call = stub.PushGradients.future(request, timeout=1.5)
         wait_for(lambda: _learner_sample(learner, "a3c_learner_pushes_waiting") == 1, 10, "the push to wait")
@@ -206,7 +194,7 @@ def test_a_push_whose_deadline_passed_while_it_waited_is_not_applied(learner, st
 
 
 def test_a_push_its_caller_cancelled_while_it_waited_is_not_applied(learner, stub):
-    request = _push(learner, actor_id="quitter", seq=1, base_version=0)
+    request = sound_push(learner, actor_id="quitter", seq=1, base_version=0)
     with learner.model.lock:
         call = stub.PushGradients.future(request, timeout=30)
         wait_for(lambda: _learner_sample(learner, "a3c_learner_pushes_waiting") == 1, 10, "the push to wait")
@@ -216,9 +204,9 @@ def test_a_push_its_caller_cancelled_while_it_waited_is_not_applied(learner, stu
     expect_rejections(learner, {"cancelled": 1})
     assert learner.model.version == 0 and learner.stats.env_frames == 0
     # A push that is answered, or refused, is not abandoned.
-    stub.PushGradients(_push(learner, actor_id="stayer", seq=1, base_version=0), timeout=10)
+    stub.PushGradients(sound_push(learner, actor_id="stayer", seq=1, base_version=0), timeout=10)
     with pytest.raises(grpc.RpcError):
-        stub.PushGradients(_push(learner, actor_id="stayer", seq=1, base_version=1), timeout=10)
+        stub.PushGradients(sound_push(learner, actor_id="stayer", seq=1, base_version=1), timeout=10)
     assert learner.model.version == 1
     assert _learner_sample(learner, "a3c_learner_pushes_abandoned_total") == 1
     assert _learner_sample(learner, "a3c_learner_pushes_waiting") == 0
@@ -230,16 +218,16 @@ def test_too_stale_push_is_refused(start_learner, frontends):
     with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
         stub = pb_grpc.LearnerStub(channel)
         for seq in range(1, 4):
-            stub.PushGradients(_push(learner, actor_id="fast", seq=seq, base_version=seq - 1), timeout=10)
+            stub.PushGradients(sound_push(learner, actor_id="fast", seq=seq, base_version=seq - 1), timeout=10)
         digest = learner.model.digest()
         with pytest.raises(grpc.RpcError) as err:
-            stub.PushGradients(_push(learner, actor_id="slow", seq=1, base_version=0), timeout=10)
+            stub.PushGradients(sound_push(learner, actor_id="slow", seq=1, base_version=0), timeout=10)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "stale" in err.value.details()
     assert (learner.model.version, learner.model.digest()) == (3, digest)
     expect_rejections(learner, {"stale": 1})
     # The refused push did not use up its sequence number: sent again on fresh parameters, it is applied.
     with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
-        reply = pb_grpc.LearnerStub(channel).PushGradients(_push(learner, actor_id="slow", seq=1, base_version=3),
+        reply = pb_grpc.LearnerStub(channel).PushGradients(sound_push(learner, actor_id="slow", seq=1, base_version=3),
                                                            timeout=10)
     assert reply.version == 4
 

@@ -136,7 +136,9 @@ def test_learner_stop_and_start_resumes_and_every_actor_reconnects(stack):
 def test_learner_killed_is_restarted_from_the_volume_and_every_actor_reconnects(stack):
     actors, learner = stack.containers("actor"), stack.learner()
     started, pushes = incarnations(actors), {a.id: stack.accepted_pushes(a) for a in actors}
-    checkpoint, reached = stack.learner_metric("a3c_learner_checkpoint_version"), version(stack)
+    checkpoint = stack.learner_metric("a3c_learner_checkpoint_version")
+    # Trained past its newest checkpoint, so the crash loses updates and the resume must come from the volume.
+    reached = wait_for(lambda: version(stack) > checkpoint and version(stack), 60, "updates past the checkpoint")
     restarts = learner.attrs["RestartCount"]
     # A crash, as the OOM killer would do it: the service under tini is SIGKILLed and the container exits with
     # it (`docker kill` would count as a stop, which the restart policy respects).

@@ -119,6 +119,9 @@ class LearnerConfig(HyperParams):
                              secret=True)
     tls_cert: str = option("", "PEM certificate chain to serve TLS with (needs --tls-key)")
     tls_key: str = option("", "PEM private key of --tls-cert")
+    refusal_limit: int = option(20, "invalid pushes one actor may send within a minute; one more and its pushes are "
+                                "refused outright for --refusal-cooldown seconds (0: no limit)")
+    refusal_cooldown: float = option(60.0, "seconds an actor over --refusal-limit is refused")
     max_episode_return: float = option(0.0, "refuse pushes reporting an episode whose return is further from 0 "
                                        "than this; 0: the environment's own bound (Pong 21, CartPole its step "
                                        "limit; none for others)")
@@ -133,6 +136,8 @@ class LearnerConfig(HyperParams):
         _check_port("metrics_port", self.metrics_port)
         _require(self.max_concurrent_rpcs >= 1, "--max-concurrent-rpcs must be at least 1")
         _require(self.max_episode_return >= 0, "--max-episode-return must not be negative")
+        _require(self.refusal_limit >= 0, "--refusal-limit must not be negative")
+        _require(self.refusal_cooldown > 0, "--refusal-cooldown must be positive")
         _require(bool(self.tls_cert) == bool(self.tls_key), "--tls-cert and --tls-key go together")
         for name in ("tls_cert", "tls_key"):
             _check_readable(name, getattr(self, name))

@@ -18,7 +18,7 @@ from a3c.wire import SERVICE_NAME, channel_options
 from learner.service import LearnerService
 from proto import a3c_pb2 as pb
 
-EXAMPLES = int(os.environ.get("A3C_FUZZ_EXAMPLES", "100"))
+EXAMPLES = int(os.environ.get("A3C_FUZZ_EXAMPLES", "50"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 # Statuses a refusal may carry; UNKNOWN and INTERNAL would mean the learner failed, not the caller.

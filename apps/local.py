@@ -91,7 +91,8 @@ def target_reached(record: Optional[dict], target: Optional[float]) -> bool:
             and record["return_window"] >= 100 and record["mean_return"] >= target)
 
 
-def _wait_for_ports(port_file: Path, learner: subprocess.Popen) -> dict[str, int]:
+def wait_for_ports(port_file: Path, learner: subprocess.Popen) -> dict[str, int]:
+    """The ports a learner process reports once it serves; LaunchError if it exits first or takes too long."""
     deadline = time.monotonic() + LEARNER_START_TIMEOUT
     while time.monotonic() < deadline:
         if (ports := read_ports(port_file)) is not None:
@@ -149,7 +150,7 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
     reached = False
     interrupted = False
     try:
-        learner_ports = _wait_for_ports(port_file, learner)
+        learner_ports = wait_for_ports(port_file, learner)
         address = f"127.0.0.1:{learner_ports['grpc']}"
 
         def start_actor(index: int) -> subprocess.Popen:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 from a3c.config import ActorConfig, HyperParams
 from a3c.envs import describe_env
-from a3c.ports import read_ports
-from apps.local import last_record
+from apps.local import last_record, wait_for_ports
 from bench.capacity import Pushers
 from bench.probes import children_cpu_seconds, private_memory_by_service, quantile, scrape, total
 
@@ -93,11 +92,7 @@ def learner_capacity(env_id: str, seconds: float, processes: int, threads: int, 
                                 "--log-interval", "60", *learner_args],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 120
-        while (ports := read_ports(port_file)) is None:
-            if learner.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the learner of the capacity run did not start serving")
-            time.sleep(0.2)
+        ports = wait_for_ports(port_file, learner)
         port, metrics_port = ports["grpc"], ports["metrics"]
         pushers = Pushers(f"127.0.0.1:{port}", processes, threads)
         try:

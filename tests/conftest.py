@@ -1,6 +1,9 @@
+import contextlib
 import os
 import subprocess
 import sys
+from pathlib import Path
+from typing import Iterator
 
 import grpc
 import pytest
@@ -16,24 +19,32 @@ from proto import a3c_pb2_grpc as pb_grpc
 from tests.processes import ROOT, wait_for
 
 
+@contextlib.contextmanager
+def serving_learner(directory: Path, **overrides) -> Iterator[LearnerService]:
+    """A real learner service on 127.0.0.1:0 (CartPole and checkpoints in `directory` unless told otherwise),
+    stopped on the way out, also when start() refuses a checkpoint."""
+    settings = dict(env="CartPole-v1", listen="127.0.0.1:0", checkpoint_dir=str(directory), log_interval=60.0,
+                    metrics_port=0)
+    service = LearnerService(LearnerConfig(**{**settings, **overrides}))
+    try:
+        service.start()
+        yield service
+    finally:
+        service.stop_serving(grace=None)
+        if service.metrics_server is not None:
+            service.metrics_server.shutdown()
+
+
 @pytest.fixture
 def start_learner(tmp_path):
-    """Start real learner services on 127.0.0.1:0 (CartPole unless told otherwise); stopped after the test."""
-    services = []
+    """Start real learner services (see serving_learner); stopped after the test."""
+    with contextlib.ExitStack() as services:
+        yield lambda **overrides: services.enter_context(serving_learner(tmp_path / "checkpoints", **overrides))
 
-    def start(**overrides) -> LearnerService:
-        settings = dict(env="CartPole-v1", listen="127.0.0.1:0", checkpoint_dir=str(tmp_path / "checkpoints"),
-                        log_interval=60.0, metrics_port=0)
-        settings.update(overrides)
-        service = LearnerService(LearnerConfig(**settings))
-        services.append(service)  # stopped even when start() refuses a checkpoint
-        service.start()
-        return service
 
-    yield start
-    for service in services:
-        service.stop_serving(grace=None)
-        service.metrics_server.shutdown()
+def counters(learner: LearnerService) -> dict:
+    """What the learner has counted: frames, steps, updates, episodes, the return window, the best mean."""
+    return {key: value for key, value in learner.stats.state().items() if key != "seconds"}
 
 
 @pytest.fixture

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from a3c import codec, framing
-from a3c.config import MAX_NUM_ENVS, LearnerConfig
+from a3c.config import MAX_NUM_ENVS
 from a3c.wire import SERVICE_NAME, channel_options
-from learner.service import LearnerService
 from proto import a3c_pb2 as pb
+from tests.conftest import counters, serving_learner
 
 EXAMPLES = int(os.environ.get("A3C_FUZZ_EXAMPLES", "50"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -30,14 +30,10 @@ RETURN_BOUND = 500.0  # CartPole-v1's step limit
 
 @pytest.fixture(scope="module", params=[0, 2], ids=["served-alone", "2-frontends"])
 def learner(request, tmp_path_factory):
-    service = LearnerService(LearnerConfig(env="CartPole-v1", listen="127.0.0.1:0", metrics_port=0,
-                                           checkpoint_dir=str(tmp_path_factory.mktemp("fuzz")),
-                                           frontends=request.param, max_staleness=MAX_STALENESS, log_interval=60,
-                                           refusal_limit=0))  # the budget has its own tests; here every push counts
-    service.start()
-    yield service
-    service.stop_serving(grace=None)
-    service.metrics_server.shutdown()
+    # refusal_limit 0: the refusal budget has its own tests; here every push is judged on its own.
+    with serving_learner(tmp_path_factory.mktemp("fuzz"), frontends=request.param, max_staleness=MAX_STALENESS,
+                         refusal_limit=0) as service:
+        yield service
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +50,7 @@ def call(learner):
 
 
 def state(learner) -> tuple:
-    return (learner.model.version, learner.model.digest(),
-            {key: value for key, value in learner.stats.state().items() if key != "seconds"})
+    return learner.model.version, learner.model.digest(), counters(learner)
 
 
 class Pusher:

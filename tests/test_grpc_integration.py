@@ -8,7 +8,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from a3c import codec, int8
-from a3c.config import MAX_NUM_ENVS, LearnerConfig
+from a3c.config import MAX_NUM_ENVS
 from a3c.framing import Push
 from a3c.metrics import new_registry
 from a3c.model import ModelSpec, build_model, parameter_layout
@@ -17,10 +17,10 @@ from actor.client import LearnerClient, LearnerUnreachable
 from actor.gradients import compute_gradients
 from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout
-from learner.service import LearnerService
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
-from tests.conftest import expect_rejections, rejections, rollout_counts, sound_push, zero_gradients
+from tests.conftest import (counters, expect_rejections, rejections, rollout_counts, serving_learner, sound_push,
+                            zero_gradients)
 from tests.processes import wait_for
 
 
@@ -33,15 +33,10 @@ def learner(request, start_learner):
 @pytest.fixture(scope="module", params=[0, 2], ids=["served-alone", "2-frontends"])
 def refusing_learner(request, tmp_path_factory):
     """A learner and a stub for tests whose every push is refused, so that they can share it."""
-    service = LearnerService(LearnerConfig(env="CartPole-v1", listen="127.0.0.1:0", metrics_port=0,
-                                           checkpoint_dir=str(tmp_path_factory.mktemp("refusing")),
-                                           frontends=request.param, log_interval=60))
-    service.start()
-    with grpc.insecure_channel(f"127.0.0.1:{service.port}",
-                               options=channel_options(service.run_spec.max_message_bytes)) as channel:
+    with serving_learner(tmp_path_factory.mktemp("refusing"), frontends=request.param) as service, \
+            grpc.insecure_channel(f"127.0.0.1:{service.port}",
+                                  options=channel_options(service.run_spec.max_message_bytes)) as channel:
         yield service, pb_grpc.LearnerStub(channel)
-    service.stop_serving(grace=None)
-    service.metrics_server.shutdown()
 
 
 def test_actor_client_pull_push_pull(learner):
@@ -142,10 +137,6 @@ def _refusals(learner):
     }
 
 
-def _counters(learner) -> dict:
-    return {key: value for key, value in learner.stats.state().items() if key != "seconds"}
-
-
 def test_the_episode_return_bound_widens_for_an_unusual_environment(start_learner):
     learner = start_learner(max_episode_return=1000.0)
     with grpc.insecure_channel(f"127.0.0.1:{learner.port}") as channel:
@@ -167,13 +158,13 @@ def test_malformed_push_is_refused_and_changes_nothing(refusing_learner, case):
     learner, stub = refusing_learner  # one learner per serving mode for all the cases: each is refused
     fields, code, reason = _refusals(learner)[case]
     request = sound_push(learner, **{"actor_id": f"bad-{case}", **fields})
-    digest, stats, refused = learner.model.digest(), _counters(learner), rejections(learner)
+    digest, stats, refused = learner.model.digest(), counters(learner), rejections(learner)
     with pytest.raises(grpc.RpcError) as err:
         stub.PushGradients(request, timeout=10)
     assert err.value.code() == code
     assert learner.model.digest() == digest
     assert learner.model.version == 0
-    assert _counters(learner) == stats  # frames, steps, updates, episodes, the return window, the best mean
+    assert counters(learner) == stats  # frames, steps, updates, episodes, the return window, the best mean
     if reason is not None:
         assert reason in err.value.details()
         expect_rejections(learner, {**refused, reason: refused.get(reason, 0) + 1})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import types
 import typing
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
 from a3c.errors import UserFacingError
+from a3c.tokens import TokenFileError, read_token_file
 
 ENV_PREFIX = "A3C_"
 OPTIMIZERS = ("rmsprop", "torch-rmsprop", "adam", "sgd")
@@ -48,6 +50,26 @@ def _check_address(name: str, address: str) -> None:
 
 def _check_readable(name: str, path: str) -> None:
     _require(not path or os.access(path, os.R_OK), f"--{name.replace('_', '-')}: cannot read {path!r}")
+
+
+def _check_token_source(literal: str, path: str) -> None:
+    _require(not (literal and path), "--auth-token and --auth-token-file exclude each other")
+    if path:
+        try:
+            read_token_file(path)
+        except TokenFileError as err:
+            raise ConfigError(f"--auth-token-file: {err}") from None
+
+
+def is_loopback(host: str) -> bool:
+    """`host` (a --listen host) answers only on this machine."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_port(name: str, port: int) -> None:
@@ -117,6 +139,10 @@ class LearnerConfig(HyperParams):
     max_concurrent_rpcs: int = option(256, "calls served at once; more get RESOURCE_EXHAUSTED, not unbounded memory")
     auth_token: str = option("", "require this bearer token from every caller (the health service stays open)",
                              secret=True)
+    auth_token_file: str = option("", "require one of the bearer tokens in this file (one per line) from every "
+                                  "caller; reread when it changes, so tokens rotate without a restart")
+    allow_unauthenticated: bool = option(False, "serve without a token on an address other machines can reach "
+                                         "(without this, a learner listening beyond loopback needs a token)")
     tls_cert: str = option("", "PEM certificate chain to serve TLS with (needs --tls-key)")
     tls_key: str = option("", "PEM private key of --tls-cert")
     refusal_limit: int = option(20, "invalid pushes one actor may send within a minute; one more and its pushes are "
@@ -141,6 +167,15 @@ class LearnerConfig(HyperParams):
         _require(bool(self.tls_cert) == bool(self.tls_key), "--tls-cert and --tls-key go together")
         for name in ("tls_cert", "tls_key"):
             _check_readable(name, getattr(self, name))
+        _check_token_source(self.auth_token, self.auth_token_file)
+
+    def require_token_if_exposed(self) -> None:
+        """Secure by default: a learner other machines can reach serves only with a token, unless told not to."""
+        _require(bool(self.auth_token or self.auth_token_file) or self.allow_unauthenticated
+                 or is_loopback(self.listen.rpartition(":")[0]),
+                 f"--listen {self.listen} can be reached from other machines and no --auth-token-file is given, so "
+                 f"anyone could push gradients: give one (`a3c credentials DIR` makes one) or pass "
+                 f"--allow-unauthenticated")
 
 
 @dataclass(frozen=True)
@@ -170,6 +205,8 @@ class ActorConfig:
     port_file: str = option("", 'once serving metrics, write the bound port to this file as JSON, {"metrics": M} '
                             '(for launchers that start it on port 0)')
     auth_token: str = option("", "bearer token to present to the learner", secret=True)
+    auth_token_file: str = option("", "present the first token in this file to the learner; reread when it "
+                                  "changes, so tokens rotate without a restart")
     tls_ca: str = option("", "PEM CA certificate to trust: connect to the learner over TLS")
 
     def __post_init__(self) -> None:
@@ -181,6 +218,7 @@ class ActorConfig:
         _require(self.rpc_timeout > 0, "--rpc-timeout must be positive")
         _check_port("metrics_port", self.metrics_port)
         _check_readable("tls_ca", self.tls_ca)
+        _check_token_source(self.auth_token, self.auth_token_file)
 
 
 @dataclass(frozen=True)

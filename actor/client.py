@@ -16,6 +16,7 @@ import grpc
 from a3c import codec
 from a3c.errors import UserFacingError
 from a3c.framing import Push, push_request
+from a3c.tokens import Tokens
 from a3c.wire import SERVICE_NAME, channel_options
 from actor.metrics import ActorMetrics
 from proto import a3c_pb2 as pb
@@ -24,6 +25,7 @@ from proto import a3c_pb2_grpc as pb_grpc
 log = logging.getLogger("actor")
 Message = TypeVar("Message")
 WAIT_REPORT_SECONDS = 30.0
+REFUSED_TOKEN_PAUSE = 120.0  # about a kubelet's refresh of a Secret volume
 # The learner is away, starting, stopping or busy: worth trying again after a pause.
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
@@ -56,17 +58,41 @@ class PendingPush:
 
 class LearnerClient:
     def __init__(self, address: str, actor_id: str, rpc_timeout: float, metrics: ActorMetrics,
-                 auth_token: str = "", tls_ca: str = "") -> None:
+                 tokens: Tokens | None = None, tls_ca: str = "") -> None:
         self.address = address
         self.actor_id = actor_id
         self.rpc_timeout = rpc_timeout
         self.metrics = metrics
-        self._metadata = (("authorization", f"Bearer {auth_token}"),) if auth_token else None
+        self._tokens = tokens or Tokens()
+        self._presenting = ""
+        self._skip_until: dict[str, float] = {}  # tokens the learner refused lately, presented again after that
+        self._fresh_start_used = False  # every token refused, each tried once more since the last answer
         self._credentials = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes()) if tls_ca else None
         self.spec: pb.RunSpec | None = None
         self._channel: grpc.Channel | None = None
         self._stub: pb_grpc.LearnerStub | None = None
         self._push_bytes: grpc.UnaryUnaryMultiCallable | None = None
+
+    def _metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The token to present: the file's first (a rotated file is picked up on the next call), unless the
+        learner refused it lately; then the next."""
+        tokens = self._tokens.current()
+        now = time.monotonic()
+        self._presenting = next((t for t in tokens if self._skip_until.get(t, 0) <= now), tokens[0] if tokens else "")
+        return (("authorization", f"Bearer {self._presenting}"),) if self._presenting else None
+
+    def try_another_token(self) -> bool:
+        """After UNAUTHENTICATED: whether another token is worth presenting. A rotation reaches the two sides in
+        either order (on Kubernetes the kubelet refreshes each pod's Secret in its own time), so a refused token
+        is passed over for a while, not forgotten; when all were refused, each gets one more try."""
+        now = time.monotonic()
+        self._skip_until[self._presenting] = now + REFUSED_TOKEN_PAUSE
+        if any(self._skip_until.get(t, 0) <= now for t in self._tokens.current(look_now=True)):
+            return True
+        if self._fresh_start_used:
+            return False
+        self._fresh_start_used = True  # with every token passed over, _metadata presents the file's first again
+        return True
 
     def _open(self, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
         if self._credentials is not None:
@@ -89,10 +115,12 @@ class LearnerClient:
                     return None
                 attempt = min(max(deadline - time.monotonic(), 0.01), 2.0)  # short, so `stop` is noticed
                 try:
-                    spec = stub.GetRunSpec(pb.GetRunSpecRequest(actor_id=self.actor_id), metadata=self._metadata,
+                    spec = stub.GetRunSpec(pb.GetRunSpecRequest(actor_id=self.actor_id), metadata=self._metadata(),
                                            timeout=attempt, wait_for_ready=True)
                     break
                 except grpc.RpcError as err:
+                    if err.code() == grpc.StatusCode.UNAUTHENTICATED and self.try_another_token():
+                        continue
                     if err.code() not in TRANSIENT:
                         raise LearnerRefused(f"the learner at {self.address} refused: "
                                              f"{err.code().name}: {err.details()}") from None
@@ -123,6 +151,7 @@ class LearnerClient:
         try:
             reply = wait()
             self.metrics.received_bytes.inc(reply.ByteSize())
+            self._fresh_start_used = False
             return reply
         except grpc.RpcError as err:
             error = err
@@ -138,7 +167,7 @@ class LearnerClient:
         """One blocking call with the standard deadline, counted."""
         sent = len(request) if isinstance(request, bytes) else request.ByteSize()
         return self.counted_call(method, time.perf_counter(), sent,
-                                 lambda: rpc(request, timeout=self.rpc_timeout, metadata=self._metadata))
+                                 lambda: rpc(request, timeout=self.rpc_timeout, metadata=self._metadata()))
 
     def get_params(self, have_version: int) -> pb.Params:
         request = pb.GetParamsRequest(actor_id=self.actor_id, have_version=have_version)
@@ -156,7 +185,7 @@ class LearnerClient:
         may reuse their tensors."""
         request = self._push_request(push)
         start = time.perf_counter()
-        call = self._push_bytes.future(request, timeout=self.rpc_timeout, metadata=self._metadata)
+        call = self._push_bytes.future(request, timeout=self.rpc_timeout, metadata=self._metadata())
         self.metrics.learner_wait_seconds.inc(time.perf_counter() - start)
         return PendingPush(self, call, start, len(request))
 

@@ -20,6 +20,7 @@ from a3c import codec
 from a3c.config import ActorConfig
 from a3c.errors import UserFacingError
 from a3c.framing import Push
+from a3c.tokens import Tokens
 from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import ModelSpec, build_model, parameter_layout
@@ -67,7 +68,8 @@ class Actor:
         self.seed_source = "--seed" if config.seed is not None else f"derived from the name {name}"
         # A fresh suffix per process, so a restarted actor never replays an earlier incarnation's sequence numbers.
         self.client = LearnerClient(config.learner, f"{name}/{secrets.token_hex(3)}", config.rpc_timeout,
-                                    self.metrics, config.auth_token, config.tls_ca)
+                                    self.metrics, Tokens(config.auth_token, config.auth_token_file),
+                                    config.tls_ca)
         self.seq = 0
         self.version = -1
         self.spec: pb.RunSpec | None = None
@@ -169,6 +171,10 @@ class Actor:
                         continue
                     self.step()
                 except grpc.RpcError as err:
+                    if err.code() == grpc.StatusCode.UNAUTHENTICATED and self.client.try_another_token():
+                        log.info("the learner refused this actor's token; presenting the next in its file")
+                        connected = False
+                        continue
                     if err.code() not in TRANSIENT:
                         raise ActorError(f"the learner refused a call: {err.code().name}: {err.details()}") \
                             from None

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Sequence
 from a3c import config
 from a3c.errors import UserFacingError
 from a3c.wire import SERVICE_NAME
+from apps.credentials import DEFAULT_HOSTS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,9 +43,32 @@ def _run_health(args: argparse.Namespace) -> int:
     from apps import health
 
     if args.grpc:
-        health.check_grpc(args.grpc, args.service, args.timeout)
+        health.check_grpc(args.grpc, args.service, args.timeout, args.tls_ca)
     else:
         health.check_http(args.http, args.timeout)
+    return 0
+
+
+def _run_credentials(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from apps import credentials
+
+    if args.rotate_token and args.retire_old_tokens:
+        raise config.ConfigError("--rotate-token and --retire-old-tokens go in two steps: rotate, let every actor "
+                                 "pick up the new token, then retire")
+    hosts = [h.strip() for h in args.hosts.split(",") if h.strip()]
+    if not hosts:
+        raise config.ConfigError("--hosts must name at least one host")
+    root = Path(args.directory)
+    try:
+        changes = credentials.ensure(root, hosts, args.rotate_token, args.retire_old_tokens)
+    except OSError as err:
+        raise UserFacingError(f"cannot write credentials in {root}: {err.strerror or err}") from None
+    if args.kubernetes_secrets:
+        print(credentials.kubernetes_secrets(root, args.namespace), end="")
+    for change in changes or [f"{root}: every file present and valid"]:
+        print(change, file=sys.stderr if args.kubernetes_secrets else sys.stdout)
     return 0
 
 
@@ -90,8 +114,9 @@ def _run_plot(args: argparse.Namespace) -> int:
 
 # Settings `a3c train` chooses itself for the processes it starts.
 LOCAL_ONLY_LEARNER = ("listen", "checkpoint_dir", "progress_file", "port_file", "workers", "metrics_port",
-                      "max_concurrent_rpcs", "auth_token", "tls_cert", "tls_key")
-LOCAL_ONLY_ACTOR = ("learner", "actor_id", "metrics_port", "port_file", "auth_token", "tls_ca")
+                      "max_concurrent_rpcs", "auth_token", "auth_token_file", "allow_unauthenticated", "tls_cert",
+                      "tls_key")
+LOCAL_ONLY_ACTOR = ("learner", "actor_id", "metrics_port", "port_file", "auth_token", "auth_token_file", "tls_ca")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +169,19 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--http", metavar="URL", help="check that an HTTP endpoint (an actor's /metrics) answers")
     check.add_argument("--service", default=SERVICE_NAME, help="gRPC service name to check")
     check.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    check.add_argument("--tls-ca", default="", metavar="FILE", help="check over TLS, trusting this CA certificate")
+
+    made = command("credentials", _run_credentials, "make (or renew) the tokens and TLS certificates a deployment "
+                   "runs with, or rotate its token")
+    made.add_argument("directory", metavar="DIR", help="where they live: DIR/ca, DIR/learner, DIR/actor")
+    made.add_argument("--hosts", default=",".join(DEFAULT_HOSTS),
+                      help="comma-separated names and addresses the learner's certificate covers (default: %(default)s)")
+    made.add_argument("--rotate-token", action="store_true", help="make a new token that actors present from now "
+                      "on; the learner accepts the old ones too until --retire-old-tokens")
+    made.add_argument("--retire-old-tokens", action="store_true", help="accept only the newest token")
+    made.add_argument("--kubernetes-secrets", action="store_true",
+                      help="print the files as two Secrets, for kubectl apply -f -")
+    made.add_argument("--namespace", default="a3c", help="namespace of the Secrets (default: %(default)s)")
     return parser
 
 

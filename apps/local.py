@@ -22,6 +22,7 @@ from a3c.config import ActorConfig, LearnerConfig, RunLimits, to_argv
 from a3c.envs import describe_env
 from a3c.errors import UserFacingError
 from a3c.ports import read_ports
+from apps.credentials import new_token, write_tokens
 
 log = logging.getLogger("train")
 LEARNER_START_TIMEOUT = 120.0
@@ -139,8 +140,13 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
         stale.unlink(missing_ok=True)
     # Every port is picked by the kernel (port 0) and reported back in a port file: no port can be taken between
     # choosing it and binding it.
+    # A token of the run's own, so that other users of this machine cannot push to it over loopback either.
+    token_file = run_dir / "auth-tokens"
+    write_tokens(token_file, [new_token()])
     learner_config = replace(learner_config, listen="127.0.0.1:0", checkpoint_dir=str(run_dir / "checkpoints"),
-                             progress_file=str(progress), port_file=str(port_file), metrics_port=0)
+                             progress_file=str(progress), port_file=str(port_file), metrics_port=0,
+                             auth_token_file=str(token_file))
+    actor_config = replace(actor_config, auth_token_file=str(token_file))
     log.info("run directory %s; %d actors x %d envs on %s", run_dir, limits.actors, actor_config.num_envs,
              learner_config.env)
 

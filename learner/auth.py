@@ -1,4 +1,4 @@
-"""Optional bearer-token authentication for the Learner service; the health service stays open for probes."""
+"""Bearer-token authentication for the Learner service; the health service stays open for probes."""
 
 from __future__ import annotations
 
@@ -6,21 +6,34 @@ import hmac
 
 import grpc
 
+from a3c.tokens import Tokens
 from learner.metrics import RpcEvents
 
 _OPEN_PREFIX = "/grpc.health.v1.Health/"
 
 
+def _matches(given: bytes, tokens: tuple[str, ...]) -> bool:
+    # Every token is compared, so the time taken does not tell which one came close.
+    return sum(hmac.compare_digest(given, f"Bearer {token}".encode()) for token in tokens) > 0
+
+
+def accepted(presented: str, tokens: Tokens) -> bool:
+    """`presented` (an authorization header) carries one of the tokens in force, compared in constant time. A miss
+    looks at the token file at once: an actor may present a rotated token within the second after it changed."""
+    given = presented.encode()
+    return _matches(given, tokens.current()) or _matches(given, tokens.current(look_now=True))
+
+
 class TokenAuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, token: str, metrics: RpcEvents) -> None:
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, tokens: Tokens, metrics: RpcEvents) -> None:
+        self._tokens = tokens
         self._metrics = metrics
 
     def intercept_service(self, continuation, handler_call_details):
         if handler_call_details.method.startswith(_OPEN_PREFIX):
             return continuation(handler_call_details)
         presented = dict(handler_call_details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(presented.encode(), self._expected):
+        if accepted(presented, self._tokens):
             return continuation(handler_call_details)
         is_push = handler_call_details.method.endswith("/PushGradients")
 

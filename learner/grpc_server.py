@@ -9,6 +9,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
 from a3c.config import LearnerConfig
+from a3c.tokens import Tokens
 from a3c.wire import channel_options
 from learner.auth import TokenAuthInterceptor
 from learner.metrics import RpcEvents, RpcMetricsInterceptor
@@ -23,8 +24,9 @@ def bound_server(config: LearnerConfig, servicer: pb_grpc.LearnerServicer, healt
     started, and its port: 0 when it cannot listen there. Only fronts share their port (SO_REUSEPORT); without
     that a second learner on a taken port fails instead of quietly taking half of its calls."""
     interceptors = [RpcMetricsInterceptor(events)]
-    if config.auth_token:
-        interceptors.append(TokenAuthInterceptor(config.auth_token, events))
+    tokens = Tokens(config.auth_token, config.auth_token_file)
+    if tokens.required:
+        interceptors.append(TokenAuthInterceptor(tokens, events))
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=config.workers), interceptors=interceptors,
                          maximum_concurrent_rpcs=config.max_concurrent_rpcs,
                          options=channel_options(max_message_bytes) + [("grpc.so_reuseport", int(share_port))])

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from a3c import checkpoints, codec
-from a3c.config import LearnerConfig
+from a3c.config import LearnerConfig, is_loopback
 from a3c.envs import describe_env, episode_return_bound
 from a3c.errors import UserFacingError
 from a3c.memory import keep_freed_memory
@@ -52,6 +52,7 @@ def build_run_spec(config: LearnerConfig, spec: ModelSpec, frames_per_step: int,
 
 class LearnerService:
     def __init__(self, config: LearnerConfig) -> None:
+        config.require_token_if_exposed()
         self.config = config
         torch.set_num_threads(1)
         if config.keep_freed_memory:
@@ -124,8 +125,10 @@ class LearnerService:
         """Serve at once, reporting NOT_SERVING until resumed from the newest valid checkpoint."""
         self.metrics_server, self.metrics_port = serve_metrics(self.registry, self.config.metrics_port)
         self.serving.start()
-        if not self.config.auth_token:
-            log.warning("no --auth-token: any client that can reach port %d may push gradients", self.port)
+        if not (self.config.auth_token or self.config.auth_token_file):
+            log.warning("no --auth-token-file: any client that can reach port %d may push gradients", self.port)
+        elif not self.config.tls_cert and not is_loopback(self.config.listen.rpartition(":")[0]):
+            log.warning("no --tls-cert: tokens and parameters cross the network in clear text")
         self.resumed_from = self._resume()
         self.metrics.param_version.set(self.model.version)
         self.servicer.ready.set()

@@ -10,6 +10,7 @@ temporary directory.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import re
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from a3c import config
-from apps.health import check_grpc, check_http
+from apps.health import check_http
 from a3c.ports import read_ports
 from tests.deployment import COMPOSE, POD_MONITOR, compose, image_runtime, manifest, rendered_manifests
 from tests.processes import ROOT, metric, stop, tool, wait_for
@@ -67,7 +68,8 @@ def test_compose_keeps_the_actor_scalable():
     actor = services["actor"]
     assert "container_name" not in actor and "ports" not in actor  # fixed names or host ports block --scale
     assert actor["depends_on"]["learner"]["condition"] == "service_healthy"
-    assert set(actor["environment"]) == {"A3C_LEARNER"}  # a replica needs only its learner's address
+    # A replica needs only its learner's address and the deployment's credentials, nothing of its own.
+    assert set(actor["environment"]) == {"A3C_LEARNER", "A3C_AUTH_TOKEN_FILE", "A3C_TLS_CA"}
     learner = services["learner"]
     assert "container_name" not in learner and any(v.startswith("checkpoints:") for v in learner["volumes"])
     assert "checkpoints" in compose()["volumes"]
@@ -136,8 +138,9 @@ def test_manifests_are_production_shaped():
     volumes = learner["spec"]["template"]["spec"]["volumes"]
     assert any(v.get("persistentVolumeClaim", {}).get("claimName") == "learner-checkpoints" for v in volumes)
     learner_container = learner["spec"]["template"]["spec"]["containers"][0]
-    assert learner_container["readinessProbe"]["grpc"]["port"] == 50051
-    assert "grpc" in learner_container["livenessProbe"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):  # over TLS, which the kubelet cannot speak
+        command = learner_container[probe]["exec"]["command"]
+        assert command[:3] == ["a3c", "health", "--grpc"] and "--tls-ca" in command
     assert learner["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
     for deployment in (learner, actor):
         pod = deployment["spec"]["template"]
@@ -162,6 +165,28 @@ def test_manifests_are_production_shaped():
     dashboard = manifest(docs, "ConfigMap", "a3c-grafana-dashboard")
     shipped = (ROOT / "deploy" / "grafana" / "dashboards" / "a3c-training.json").read_text()
     assert dashboard["data"]["a3c-training.json"] == shipped
+
+
+def test_both_services_run_with_their_own_credentials_from_secrets_nobody_commits():
+    docs = rendered_manifests()
+    assert not [d for d in docs if d["kind"] == "Secret"]  # made per deployment by `a3c credentials`
+    wanted = {"learner": ("a3c-learner-credentials", {"A3C_AUTH_TOKEN_FILE", "A3C_TLS_CERT", "A3C_TLS_KEY"}),
+              "actor": ("a3c-actor-credentials", {"A3C_AUTH_TOKEN_FILE", "A3C_TLS_CA"})}
+    for name, (secret, variables) in wanted.items():
+        pod = manifest(docs, "Deployment", name)["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        volume = next(v for v in pod["volumes"] if v.get("secret", {}).get("secretName") == secret)
+        mount = next(m for m in container["volumeMounts"] if m["name"] == volume["name"])
+        assert mount["readOnly"] and "subPath" not in mount  # subPath mounts never see a rotated Secret
+        assert volume["secret"]["defaultMode"] & 0o007 == 0 and pod["securityContext"]["fsGroup"] == 10001
+        env = {e["name"]: e["value"] for e in container["env"]}
+        assert variables <= env.keys() and all(env[v].startswith(mount["mountPath"] + "/") for v in variables)
+    services = compose()["services"]
+    assert "A3C_TLS_KEY" not in services["actor"]["environment"]
+    assert not {v.split(":")[0] for v in services["actor"]["volumes"]} & {"ca", "learner-credentials"}
+    assert all(not v.endswith(":ro") for v in services["credentials"]["volumes"])
+    assert all(v.endswith(":ro") for v in services["actor"]["volumes"] + services["learner"]["volumes"]
+               if "credentials" in v)
 
 
 def test_only_actors_reach_the_learner_and_only_prometheus_the_metrics():
@@ -210,35 +235,40 @@ class Service:
     env: dict[str, str]
 
 
-def localize(service: Service, learner_grpc: int, data_dir: Path, port_file: Path) -> tuple[list[str], dict[str, str]]:
+def localize(service: Service, learner_grpc: int, mounts: dict[str, Path], port_file: Path) -> tuple[list[str],
+                                                                                                   dict[str, str]]:
     """Run a container's command here: learner host names to 127.0.0.1, the learner's gRPC port to the one it got
     here, the ports a container serves on to 0 (a container has its ports to itself; processes on one host share
-    them), reported back in `port_file`."""
-    ports = {50051: learner_grpc, 9400: 0, 9401: 0}
-
-    def translate(value: str) -> str:
-        value = re.sub(r"^(?:learner|0\.0\.0\.0)(?=:\d+$)", "127.0.0.1", value)
-        value = re.sub(r"(?<![\w.])(\d{2,5})$", lambda m: str(ports.get(int(m.group(1)), m.group(1))), value)
-        return str(data_dir) + value[len("/data"):] if value.startswith("/data") else value
-
-    entrypoint, image_env = image_runtime()
-    argv = [*entrypoint, *service.argv]
+    them), reported back in `port_file`, and paths inside `mounts` (a container path -> a local directory)."""
+    argv = [*image_runtime()[0], *service.argv]
     assert argv[:3] == ["tini", "--", "a3c"]  # tini only hands signals on; here the process is no PID 1
-    env = {**os.environ, **{k: translate(v) for k, v in image_env.items() if k != "PATH"}}
+    translate = translator({50051: learner_grpc, 9400: 0, 9401: 0}, mounts)
+    env = {**os.environ, **{k: translate(v) for k, v in image_runtime()[1].items() if k != "PATH"}}
     env.update({k: translate(v) for k, v in service.env.items()})
     env.setdefault("A3C_METRICS_PORT", "0")
     env["A3C_PORT_FILE"] = str(port_file)
     if argv[3] == "learner":
         env.setdefault("A3C_LISTEN", "127.0.0.1:0")
-    return [sys.executable, "-m", "apps", *argv[3:]], env
+    return [sys.executable, "-m", "apps", *[translate(a) for a in argv[3:]]], env
 
 
-def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe, tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    data.mkdir()
+def translator(ports: dict[int, int], mounts: dict[str, Path]):
+    def translate(value: str) -> str:
+        value = re.sub(r"^(?:learner|0\.0\.0\.0)(?=:\d+$)", "127.0.0.1", value)
+        value = re.sub(r"(?<![\w.])(\d{2,5})$", lambda m: str(ports.get(int(m.group(1)), m.group(1))), value)
+        for inside, here in mounts.items():
+            if value == inside or value.startswith(inside + "/"):
+                return str(here) + value[len(inside):]
+        return value
+    return translate
+
+
+def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe, tmp_path: Path,
+             mounts: dict[str, Path]) -> None:
+    data = mounts["/data"]
     processes = []
     try:
-        argv, env = localize(learner, 0, data, tmp_path / "learner.ports")
+        argv, env = localize(learner, 0, mounts, tmp_path / "learner.ports")
         learner_log = open(tmp_path / "learner.log", "w")
         processes.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=learner_log, stderr=learner_log))
         ports = wait_for(lambda: read_ports(tmp_path / "learner.ports"), 90, "the learner to serve",
@@ -247,7 +277,7 @@ def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe
         wait_for(lambda: learner_probe(grpc_port), 30, "the learner's health check", tuple(processes))
         actor_port_files = [tmp_path / f"actor-{index}.ports" for index in range(len(actors))]
         for actor, port_file in zip(actors, actor_port_files):
-            argv, env = localize(actor, grpc_port, data, port_file)
+            argv, env = localize(actor, grpc_port, mounts, port_file)
             processes.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
                                               stderr=subprocess.DEVNULL))
         wait_for(lambda: metric(metrics_port, "a3c_learner_actors_active") == len(actors), 120,
@@ -258,17 +288,38 @@ def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe
         for port_file in actor_port_files:
             port = read_ports(port_file)["metrics"]
             wait_for(lambda: actor_probe(port), 30, "the actor's health check", tuple(processes))
+        # Nothing gets in without the deployment's token, over TLS as the actors connect.
+        assert unauthenticated_call(grpc_port, learner, mounts) == "UNAUTHENTICATED"
     finally:
         stop(*processes)
     # SIGTERM gave the learner its final checkpoint, in the volume.
     assert processes[0].returncode == 0, (tmp_path / "learner.log").read_text()[-2000:]
     assert (data / "checkpoints" / "latest.pt").exists()
+    log = (tmp_path / "learner.log").read_text()
+    assert "no --auth-token-file" not in log and "clear text" not in log
 
 
-def run_compose_test(test: list[str], ports: dict[int, int]) -> bool:
-    """A compose healthcheck `test` (["CMD", ...]) run here, ports translated."""
-    assert test[0] == "CMD"
-    argv = [re.sub(r"(?<=:)(\d+)(?=$|/)", lambda m: str(ports.get(int(m.group(1)), m.group(1))), a) for a in test[1:]]
+def unauthenticated_call(grpc_port: int, learner: Service, mounts: dict[str, Path]) -> str:
+    """The status a client without a token gets from the learner (trusting its CA, like an actor)."""
+    import grpc
+
+    from proto import a3c_pb2, a3c_pb2_grpc
+
+    translate = translator({}, mounts)
+    ca = Path(translate(learner.env["A3C_TLS_CERT"])).parent / "ca.crt"
+    with grpc.secure_channel(f"localhost:{grpc_port}", grpc.ssl_channel_credentials(ca.read_bytes())) as channel:
+        try:
+            a3c_pb2_grpc.LearnerStub(channel).GetRunSpec(a3c_pb2.GetRunSpecRequest(actor_id="x"), timeout=10)
+            return "OK"
+        except grpc.RpcError as err:
+            return err.code().name
+
+
+def run_probe(command: list[str], ports: dict[int, int], mounts: dict[str, Path]) -> bool:
+    """A health check's command (an `a3c ...` argv), run here with ports and paths translated."""
+    translate = translator(ports, mounts)
+    argv = [re.sub(r"(?<=:)(\d+)(?=$|/)", lambda m: str(ports.get(int(m.group(1)), m.group(1))), translate(a))
+            for a in command]
     assert argv[0] == "a3c"
     return subprocess.run([sys.executable, "-m", "apps", *argv[1:]], capture_output=True, timeout=30).returncode == 0
 
@@ -276,42 +327,67 @@ def run_compose_test(test: list[str], ports: dict[int, int]) -> bool:
 @pytest.mark.slow
 def test_rehearse_docker_compose(tmp_path):
     services = compose()["services"]
+    mounts = {"/data": tmp_path / "data", "/credentials": tmp_path / "credentials"}
+    mounts["/data"].mkdir()
 
     def service(name: str) -> Service:
         spec = services[name]
         return Service(argv=list(spec["command"]), env={k: str(v) for k, v in spec.get("environment", {}).items()})
 
+    # The one-shot credentials service runs first, as the learner's depends_on has it.
+    assert services["learner"]["depends_on"]["credentials"]["condition"] == "service_completed_successfully"
+    argv, env = localize(service("credentials"), 0, mounts, tmp_path / "unused.ports")
+    made = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
     learner = service("learner")
     actors = [service("actor") for _ in range(ACTOR_REPLICAS)]
-    rehearse(learner, actors,
-             learner_probe=lambda grpc: run_compose_test(services["learner"]["healthcheck"]["test"],
-                                                         {50051: grpc}),
-             actor_probe=lambda port: run_compose_test(services["actor"]["healthcheck"]["test"], {9401: port}),
-             tmp_path=tmp_path)
+
+    def check(name: str, ports: dict[int, int]) -> bool:
+        test = services[name]["healthcheck"]["test"]
+        assert test[0] == "CMD"
+        return run_probe(test[1:], ports, mounts)
+
+    rehearse(learner, actors, learner_probe=lambda grpc: check("learner", {50051: grpc}),
+             actor_probe=lambda port: check("actor", {9401: port}), tmp_path=tmp_path, mounts=mounts)
 
 
 @pytest.mark.slow
 def test_rehearse_kubernetes_manifests(tmp_path):
     docs = rendered_manifests()
+    mounts = {"/data": tmp_path / "data", "/credentials": tmp_path / "credentials"}
+    mounts["/data"].mkdir()
+    # The Secrets as `a3c credentials --kubernetes-secrets` makes them, their files laid out as the kubelet mounts
+    # them: each key a file in the directory of the volume that names the Secret.
+    made = subprocess.run([sys.executable, "-m", "apps", "credentials", str(tmp_path / "made"),
+                           "--kubernetes-secrets"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    secrets = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(made.stdout)}
 
     def service(name: str) -> tuple[Service, dict]:
-        container = manifest(docs, "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        pod = manifest(docs, "Deployment", name)["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        for mount in container["volumeMounts"]:
+            secret = volumes[mount["name"]].get("secret")
+            if secret:
+                folder = translator({}, mounts)(mount["mountPath"])
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                for key, value in secrets[secret["secretName"]]["data"].items():
+                    (Path(folder) / key).write_bytes(base64.b64decode(value))
         return Service(argv=list(container["args"]), env={e["name"]: e["value"] for e in container["env"]}), container
 
     learner, learner_container = service("learner")
     actors = [service("actor")[0] for _ in range(ACTOR_REPLICAS)]
     actor_container = service("actor")[1]
-    readiness = learner_container["readinessProbe"]["grpc"]
     liveness = actor_container["livenessProbe"]["httpGet"]
-    assert readiness["port"] == 50051 and liveness["port"] == "metrics"
+    assert liveness["port"] == "metrics"
 
     def learner_probe(grpc_port: int) -> bool:
-        check_grpc(f"127.0.0.1:{grpc_port}", readiness.get("service", ""), timeout=3)
-        check_grpc(f"127.0.0.1:{grpc_port}", learner_container["livenessProbe"]["grpc"].get("service", ""), 3)
-        return True
+        return all(run_probe(learner_container[probe]["exec"]["command"], {50051: grpc_port}, mounts)
+                   for probe in ("startupProbe", "readinessProbe", "livenessProbe"))
 
     def actor_probe(port: int) -> bool:
         check_http(f"http://127.0.0.1:{port}{liveness['path']}", timeout=3)
         return True
 
-    rehearse(learner, actors, learner_probe, actor_probe, tmp_path)
+    rehearse(learner, actors, learner_probe, actor_probe, tmp_path, mounts)

@@ -90,6 +90,55 @@ def test_up_with_eight_actors_all_push_are_scraped_and_stay_healthy(stack):
     assert not stack.watch.failures_since(healthy)
 
 
+def exec_ok(container, *argv: str) -> bool:
+    return container.exec_run(list(argv)).exit_code == 0
+
+
+UNAUTHENTICATED_CALL = """
+import grpc, sys
+from proto import a3c_pb2, a3c_pb2_grpc
+credentials = grpc.ssl_channel_credentials(open("/credentials/actor/ca.crt", "rb").read())
+with grpc.secure_channel("learner:50051", credentials) as channel:
+    try:
+        a3c_pb2_grpc.LearnerStub(channel).GetRunSpec(a3c_pb2.GetRunSpecRequest(actor_id="intruder"), timeout=10)
+        print("OK")
+    except grpc.RpcError as err:
+        print(err.code().name)
+"""
+
+
+def test_the_stack_runs_with_tls_and_a_token_of_its_own_and_actors_never_hold_the_learners_key(stack):
+    learner, actor = stack.learner(), stack.containers("actor")[0]
+    log = stack.logs(learner)
+    assert "no --auth-token-file" not in log and "clear text" not in log
+    assert stack.containers("credentials", all=True)[0].attrs["State"]["ExitCode"] == 0
+    # A client on the stack's network that trusts the CA but has no token is turned away; plaintext never connects.
+    assert actor.exec_run(["python", "-c", UNAUTHENTICATED_CALL]).output.decode().strip() == "UNAUTHENTICATED"
+    assert exec_ok(actor, "a3c", "health", "--grpc", "learner:50051", "--tls-ca", "/credentials/actor/ca.crt")
+    assert not exec_ok(actor, "a3c", "health", "--grpc", "learner:50051", "--timeout", "3")
+    listing = actor.exec_run(["sh", "-c", "ls -A /credentials/*"]).output.decode().split()
+    assert sorted(name for name in listing if not name.endswith(":")) == ["ca.crt", "tokens"]
+    assert exec_ok(learner, "test", "-s", "/credentials/learner/tls.key")
+
+
+def test_the_token_rotates_while_training_and_nobody_restarts(stack):
+    actors = stack.containers("actor")
+    started = incarnations([stack.learner(), *actors])
+    old = stack.learner().exec_run(["cat", "/credentials/learner/tokens"]).output.decode().split()
+    for step, accepted in (("--rotate-token", 2), ("--retire-old-tokens", 1)):
+        pushes = {a.id: stack.accepted_pushes(a) for a in actors}
+        stack.compose("run", "--rm", "credentials", "credentials", "/credentials", step)
+        wait_for(lambda: f"reread: {accepted} token(s) in force" in stack.logs(stack.learner()), 30,
+                 f"the learner to reread its tokens after {step}")
+        wait_every_actor_pushes(stack, actors, after=pushes)
+    new = stack.learner().exec_run(["cat", "/credentials/learner/tokens"]).output.decode().split()
+    assert len(old) == len(new) == 1 and old != new
+    assert stack.metric(stack.learner(), 9400, "a3c_learner_gradients_rejected_total",
+                        {"reason": "unauthenticated"}) == 0
+    assert not [a.name for a in actors if "UNAUTHENTICATED" in stack.logs(a)]
+    assert incarnations([stack.learner(), *actors]) == started
+
+
 def test_both_services_run_on_a_read_only_root_filesystem(stack):
     for container in (stack.learner(), stack.containers("actor")[0]):
         assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
@@ -154,13 +203,16 @@ def test_learner_killed_is_restarted_from_the_volume_and_every_actor_reconnects(
 
 def test_down_then_up_resumes_from_the_named_volume_with_two_actors(stack):
     reached = version(stack)
+    token = stack.learner().exec_run(["cat", "/credentials/learner/tokens"]).output
     stack.compose("down", "--timeout", "60")
-    assert stack.volumes() == {f"{stack.project}_checkpoints", f"{stack.project}_prometheus-data"}
+    assert stack.volumes() == {f"{stack.project}_{name}" for name in
+                               ("checkpoints", "prometheus-data", "ca", "learner-credentials", "actor-credentials")}
     up(stack)
     actors = stack.containers("actor")
     assert len(actors) == 2  # the compose file's replicas
     wait_healthy(stack, [stack.learner()])
     assert stack.learner_metric("a3c_learner_checkpoint_version") >= reached  # the final checkpoint of `down`
+    assert stack.learner().exec_run(["cat", "/credentials/learner/tokens"]).output == token  # kept, not remade
     wait_every_actor_pushes(stack, actors)
     REPORT["2 actors"] = f"{frames_per_second(stack):,.0f} frames/s"
 

@@ -6,9 +6,13 @@ import signal
 import subprocess
 import sys
 
+import grpc
 import pytest
 
+from a3c.ports import read_ports
 from apps.curves import read_progress
+from proto import a3c_pb2 as pb
+from proto import a3c_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, run_a3c
 from tests.processes import http_get, wait_for
 
@@ -82,6 +86,13 @@ def test_ctrl_c_stops_every_process_and_still_reports(tmp_path, sigint_at_start)
         for target in group["targets"]:
             exposed = http_get(f"http://{target}/metrics")
             assert f"a3c_{group['labels']['job']}_" in exposed
+    # The run has a token of its own: other users of the machine cannot push to it over loopback either.
+    assert (run_dir / "auth-tokens").stat().st_mode & 0o077 == 0
+    grpc_port = read_ports(run_dir / "learner.ports")["grpc"]
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            pb_grpc.LearnerStub(channel).GetRunSpec(pb.GetRunSpecRequest(actor_id="neighbour"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 3  # one learner, two actors
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does

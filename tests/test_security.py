@@ -12,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from a3c import codec
 from a3c.config import LearnerConfig
 from a3c.metrics import new_registry
+from a3c.tokens import Tokens
 from actor.client import LearnerClient, LearnerRefused, LearnerUnreachable
 from actor.metrics import ActorMetrics
 from learner.service import LearnerService
@@ -28,8 +29,9 @@ def push_request(learner, scale: float = 0.0, seq: int = 1) -> pb.PushGradientsR
                                    gradients=codec.encode_all(grads), **rollout_counts(learner))
 
 
-def client(address: str, **kwargs) -> LearnerClient:
-    return LearnerClient(address, "t", rpc_timeout=5, metrics=ActorMetrics(new_registry()), **kwargs)
+def client(address: str, token: str = "", **kwargs) -> LearnerClient:
+    return LearnerClient(address, "t", rpc_timeout=5, metrics=ActorMetrics(new_registry()), tokens=Tokens(token),
+                         **kwargs)
 
 
 @pytest.mark.parametrize("metadata", [None, (("authorization", "Bearer wrong"),), (("authorization", TOKEN),)])
@@ -50,12 +52,12 @@ def test_the_right_token_is_let_in_and_health_stays_open(start_learner):
     with grpc.insecure_channel(address) as channel:
         status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
     assert status.status == health_pb2.HealthCheckResponse.SERVING
-    good = client(address, auth_token=TOKEN)
+    good = client(address, TOKEN)
     assert good.connect(timeout=5).env_id == "CartPole-v1"
     assert good.get_params(-1).version == 0
     good.close()
     with pytest.raises(LearnerRefused, match="UNAUTHENTICATED"):
-        client(address, auth_token="guess").connect(timeout=5)
+        client(address, "guess").connect(timeout=5)
 
 
 def test_a_learner_without_a_token_warns_once(start_learner, caplog):

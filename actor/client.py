@@ -25,6 +25,7 @@ from proto import a3c_pb2_grpc as pb_grpc
 log = logging.getLogger("actor")
 Message = TypeVar("Message")
 WAIT_REPORT_SECONDS = 30.0
+LEAVE_TIMEOUT = 1.0
 REFUSED_TOKEN_PAUSE = 120.0  # about a kubelet's refresh of a Secret volume
 # The learner is away, starting, stopping or busy: worth trying again after a pause.
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -188,6 +189,13 @@ class LearnerClient:
         call = self._push_bytes.future(request, timeout=self.rpc_timeout, metadata=self._metadata())
         self.metrics.learner_wait_seconds.inc(time.perf_counter() - start)
         return PendingPush(self, call, start, len(request))
+
+    def leave(self) -> None:
+        """Tell the learner this actor is stopping (best effort, within a second: it is on its way out)."""
+        try:
+            self._stub.Leave(pb.LeaveRequest(actor_id=self.actor_id), timeout=LEAVE_TIMEOUT, metadata=self._metadata())
+        except grpc.RpcError as err:  # an older learner without Leave, or one that is gone: it will notice later
+            log.info("could not tell the learner this actor leaves (%s)", err.code().name)
 
     def close(self) -> None:
         if self._channel is not None:

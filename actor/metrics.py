@@ -25,6 +25,9 @@ class ActorMetrics:
                               ["outcome"], registry=registry)
         for outcome in ("accepted", "refused"):
             self.pushes.labels(outcome)
+        self.gradients_dropped = Counter("a3c_actor_gradients_dropped_total",
+                                         "Gradients never sent: replaced by a newer one while the learner was away",
+                                         registry=registry)
         self.rollout_seconds = Histogram("a3c_actor_rollout_seconds", "Time to collect one rollout",
                                          buckets=ROLLOUT_BUCKETS, registry=registry)
         self.rpc_seconds = Histogram("a3c_actor_rpc_seconds", "Client-side RPC latency, by method", ["method"],

@@ -10,6 +10,7 @@ import secrets
 import signal
 import socket
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -77,6 +78,9 @@ class Actor:
         self.layout: list[tuple[str, tuple[int, ...]]] = []
         self.rollout: VectorRollout | None = None
         self.in_flight: InFlightPush | None = None
+        self.held: Push | None = None  # the newest gradient made while the learner was away
+        self._rejoining: Future | None = None
+        self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rejoin")
 
     def _load(self, params: pb.Params) -> None:
         if not params.tensors:
@@ -92,6 +96,12 @@ class Actor:
         spec = self.client.connect(self.config.connect_timeout, self.stop)
         if spec is None:
             return False
+        self._joined(spec)
+        self._load(self.client.get_params(self.version))
+        return True
+
+    def _joined(self, spec: pb.RunSpec) -> None:
+        """Take a learner's run spec: build for it the first time; after that, check it is the same run."""
         if self.model is None:
             self.spec = spec
             torch.manual_seed(self.seed)  # the actions it samples, as the seed decides its environments
@@ -111,36 +121,64 @@ class Actor:
             self.rollout.t_max = spec.t_max
         self.version = -1
         self.in_flight = None  # a push on the old connection is lost, like the rollout it came from
-        self._load(self.client.get_params(self.version))
+
+    def _rejoin(self) -> bool:
+        """The learner is away: roll out on the parameters at hand, holding only the newest gradient (an older
+        one is dropped), while a helper thread waits for the learner (--connect-timeout); once it is back, send
+        it the held gradient, which it applies or refuses as too stale like any other."""
+        if self._rejoining is None:
+            self._rejoining = self._waiter.submit(self.client.connect, self.config.connect_timeout, self.stop)
+        if not self._rejoining.done():
+            if self.held is not None:
+                self.metrics.gradients_dropped.inc()
+            self.held = self._next_push()
+            return False
+        spec, self._rejoining = self._rejoining.result(), None  # LearnerUnreachable, LearnerRefused: the actor ends
+        if spec is None:
+            return False
+        base_version = self.version
+        self._joined(spec)
+        held, self.held = self.held, None
+        if held is None:
+            self._load(self.client.get_params(self.version))
+        else:
+            self.version = base_version  # what the held gradient was computed on, until the reply says more
+            self.in_flight = InFlightPush(functools.partial(self.client.push, held), held)
+            log.info("%s sent the gradient it held while the learner was away: %s", self.client.actor_id,
+                     self._finish_push())
         return True
 
-    def step(self) -> None:
-        """One rollout, one gradient, one push. With --overlap-pushes the push is answered during the next
-        rollout, which then runs on the parameters from the push before it."""
+    def _next_push(self) -> Push:
+        """One rollout on the parameters at hand and its gradient, ready to send."""
         spec = self.spec
         with self.metrics.rollout_seconds.time():
             rollout = self.rollout.collect(self.model)
         result = compute_gradients(self.model, rollout, spec.gamma, spec.entropy_coef, spec.value_coef,
                                    spec.max_grad_norm, spec.clip_rewards)
-        base_version = self.version
-        self._finish_push()  # at most one push in flight, so the learner sees each actor's pushes in order
         self.seq += 1
         loss = pb.LossStats(policy_loss=result.policy_loss, value_loss=result.value_loss,
                             entropy=result.entropy, grad_norm=result.grad_norm)
         frames = rollout.agent_steps * spec.frames_per_step
-        push = Push(self.seq, base_version, list(zip((n for n, _ in self.layout), result.gradients)), frames,
+        return Push(self.seq, self.version, list(zip((n for n, _ in self.layout), result.gradients)), frames,
                     rollout.agent_steps, rollout.episode_returns, loss)
+
+    def step(self) -> None:
+        """One rollout, one gradient, one push. With --overlap-pushes the push is answered during the next
+        rollout, which then runs on the parameters from the push before it."""
+        push = self._next_push()
+        self._finish_push()  # at most one push in flight, so the learner sees each actor's pushes in order
         if self.config.overlap_pushes:  # answered while the next rollout runs
             self.in_flight = InFlightPush(self.client.start_push(push).result, push)
         else:  # a blocking call, which is cheaper than a future
             self.in_flight = InFlightPush(functools.partial(self.client.push, push), push)
             self._finish_push()
 
-    def _finish_push(self) -> None:
-        """Wait for the push in flight, count it, and load the parameters that came back with it."""
+    def _finish_push(self) -> str | None:
+        """Wait for the push in flight, count it, and load the parameters that came back with it; what became of
+        it (None when none was in flight)."""
         in_flight, self.in_flight = self.in_flight, None
         if in_flight is None:
-            return
+            return None
         push = in_flight.push
         try:
             reply = in_flight.reply()
@@ -149,9 +187,10 @@ class Actor:
                 raise
             self.metrics.record_refused()
             self._load(self.client.get_params(-1))
-            return
+            return f"refused as out of date ({err.code().name})"
         self.metrics.record_accepted(push.env_frames, push.episode_returns, lag=reply.version - 1 - push.base_version)
         self._load(reply.params)
+        return "applied"
 
     def run(self) -> int:
         torch.set_num_threads(1)
@@ -167,7 +206,7 @@ class Actor:
             while not self.stop.is_set():
                 try:
                     if not connected:
-                        connected = self._setup()
+                        connected = self._setup() if self.model is None else self._rejoin()
                         continue
                     self.step()
                 except grpc.RpcError as err:
@@ -178,11 +217,12 @@ class Actor:
                     if err.code() not in TRANSIENT:
                         raise ActorError(f"the learner refused a call: {err.code().name}: {err.details()}") \
                             from None
-                    # Drop the rollout and its gradient (the environments go on), then connect afresh:
-                    # connect waits with backoff (--connect-timeout; by default as long as it takes), logged.
-                    log.warning("lost the learner (%s); reconnecting", err.code().name)
+                    # The push in flight is lost with the connection; rollouts go on while it reconnects.
+                    log.warning("lost the learner (%s); rolling out while reconnecting", err.code().name)
                     connected = False
             self._settle_last_push()
+            if connected:
+                self.client.leave()
         finally:
             self.close()
             metrics_server.shutdown()
@@ -198,6 +238,7 @@ class Actor:
             log.warning("the last push got no answer (%s); its rollout is dropped", err.code().name)
 
     def close(self) -> None:
+        self._waiter.shutdown(wait=True)  # a connect in progress sees `stop` within its 2 s attempt
         self.client.close()
         if self.rollout is not None:
             self.rollout.close()

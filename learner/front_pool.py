@@ -180,6 +180,8 @@ class FrontendPool:
                 self.metrics.rpc_done(*args)
             elif kind == "abandoned":
                 self.metrics.push_abandoned()
+            elif kind == "left":
+                self.servicer.actor_left(*args)
 
     def _answer(self, slot: Slot) -> None:
         def take_params() -> bool:

@@ -86,6 +86,9 @@ class _LearnerLink:
     def push_abandoned(self) -> None:
         self.send("abandoned")
 
+    def left(self, actor_id: str) -> None:
+        self.send("left", actor_id)
+
 
 class FrontServicer(pb_grpc.LearnerServicer):
     """The Learner service in a front process: checks and decodes here, accounts and applies in the learner."""
@@ -135,6 +138,10 @@ class FrontServicer(pb_grpc.LearnerServicer):
         with self._slot(context) as slot:
             version, fresh = self._ask(slot, context, "params", request.have_version)
             return self.encode.params(version, slot.params) if fresh else pb.Params(version=version)
+
+    def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveResponse:
+        self.link.left(request.actor_id)
+        return pb.LeaveResponse()
 
     def PushGradients(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
         # Registered after the slot's own callback, so the learner is told only once the slot shows the cancel.

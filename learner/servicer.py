@@ -195,6 +195,14 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         finally:
             answered()
 
+    def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveResponse:
+        self.actor_left(request.actor_id)
+        return pb.LeaveResponse()
+
+    def actor_left(self, actor_id: str) -> None:
+        self.stats.left(actor_id)
+        log.info("%s left", actor_id)
+
     def refused(self, request: pb.PushGradientsRequest, refused: PushRefused) -> None:
         self.count_refusal(refused.reason, request.actor_id, refused.code == grpc.StatusCode.INVALID_ARGUMENT)
         log.debug("refused push from %s: %s", request.actor_id, refused)
@@ -281,7 +289,7 @@ def add_to_server(servicer: pb_grpc.LearnerServicer, server: grpc.Server, events
     """Like the generated add_LearnerServicer_to_server, but requests are parsed by the handler and replies may
     be pre-serialized bytes."""
     requests = {"GetRunSpec": pb.GetRunSpecRequest, "GetParams": pb.GetParamsRequest,
-                "PushGradients": pb.PushGradientsRequest}
+                "PushGradients": pb.PushGradientsRequest, "Leave": pb.LeaveRequest}
     handlers = {name: grpc.unary_unary_rpc_method_handler(_parsing(name, request, getattr(servicer, name), events),
                                                           response_serializer=_serialize)
                 for name, request in requests.items()}

@@ -56,6 +56,11 @@ class TrainingStats:
         with self._lock:
             self._last_seen[actor_id] = self._clock()
 
+    def left(self, actor_id: str) -> None:
+        """The actor said it is stopping: no longer active, from now on."""
+        with self._lock:
+            self._last_seen.pop(actor_id, None)
+
     def record_update(self, policy_loss: float, value_loss: float, entropy: float, grad_norm: float) -> None:
         with self._lock:
             self.updates += 1

@@ -145,3 +145,13 @@ class PushGradientsResponse(_message.Message):
     version: int
     params: Params
     def __init__(self, version: _Optional[int] = ..., params: _Optional[_Union[Params, _Mapping]] = ...) -> None: ...
+
+class LeaveRequest(_message.Message):
+    __slots__ = ("actor_id",)
+    ACTOR_ID_FIELD_NUMBER: _ClassVar[int]
+    actor_id: str
+    def __init__(self, actor_id: _Optional[str] = ...) -> None: ...
+
+class LeaveResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

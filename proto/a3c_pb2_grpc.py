@@ -49,6 +49,11 @@ class LearnerStub:
                 request_serializer=proto_dot_a3c__pb2.PushGradientsRequest.SerializeToString,
                 response_deserializer=proto_dot_a3c__pb2.PushGradientsResponse.FromString,
                 _registered_method=True)
+        self.Leave = channel.unary_unary(
+                '/a3c.v1.Learner/Leave',
+                request_serializer=proto_dot_a3c__pb2.LeaveRequest.SerializeToString,
+                response_deserializer=proto_dot_a3c__pb2.LeaveResponse.FromString,
+                _registered_method=True)
 
 
 class LearnerServicer:
@@ -72,6 +77,12 @@ class LearnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leave(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LearnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +100,11 @@ def add_LearnerServicer_to_server(servicer, server):
                     servicer.PushGradients,
                     request_deserializer=proto_dot_a3c__pb2.PushGradientsRequest.FromString,
                     response_serializer=proto_dot_a3c__pb2.PushGradientsResponse.SerializeToString,
+            ),
+            'Leave': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leave,
+                    request_deserializer=proto_dot_a3c__pb2.LeaveRequest.FromString,
+                    response_serializer=proto_dot_a3c__pb2.LeaveResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +188,33 @@ class Learner:
             '/a3c.v1.Learner/PushGradients',
             proto_dot_a3c__pb2.PushGradientsRequest.SerializeToString,
             proto_dot_a3c__pb2.PushGradientsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leave(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/a3c.v1.Learner/Leave',
+            proto_dot_a3c__pb2.LeaveRequest.SerializeToString,
+            proto_dot_a3c__pb2.LeaveResponse.FromString,
             options,
             channel_credentials,
             insecure,

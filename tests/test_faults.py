@@ -3,6 +3,7 @@ actors that start first. The promise: actors are disposable, the learner resumes
 costs at most the work since the last checkpoint."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 from a3c import checkpoints
 from a3c.config import LearnerConfig
 from learner.service import LearnerService
-from tests.processes import ROOT, LocalRun, free_port, stop, wait_for
+from tests.processes import ROOT, LocalRun, free_port, metric, metric_total, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +37,32 @@ def test_a_killed_actor_does_not_stop_training(run):
     doomed.wait()
     version = run.version()
     wait_for(lambda: run.version() >= version + 50, 60, "training to go on", (run.learner, survivor))
+
+
+@pytest.mark.parametrize("frontends", ["0", "2"], ids=["alone", "fronts"])
+def test_a_stopped_actor_settles_its_last_push_says_it_leaves_and_exits_at_once(tmp_path, frontends):
+    run = LocalRun(tmp_path, learner_args=("--frontends", frontends))
+    try:
+        run.start_learner()
+        leaving, staying = run.start_actor(), run.start_actor()
+        wait_for(lambda: run.learner_metric("a3c_learner_actors_active") == 2 and run.version() >= 20, 60,
+                 "both actors to push", run.processes)
+        leaving.send_signal(signal.SIGTERM)
+        assert leaving.wait(timeout=5) == 0  # the grace periods are 20 s (compose) and 30 s (Kubernetes)
+        # Not after the minute of silence that marks a crashed actor: the gauge drops as soon as it has left.
+        wait_for(lambda: run.learner_metric("a3c_learner_actors_active") == 1, 2, "the learner to count one actor",
+                 (run.learner, staying))
+        counted = re.search(r"stopped after (\d+) accepted pushes \((\d+) frames\)", run.log("actor-0"))
+        assert counted, run.log("actor-0")[-2000:]
+        assert "the last push got no answer" not in run.log("actor-0")
+        stop(staying)
+        wait_for(lambda: run.learner_metric("a3c_learner_actors_active") == 0, 2, "the learner to count none",
+                 (run.learner,))
+        counted_too = re.search(r"stopped after \d+ accepted pushes \((\d+) frames\)", run.log("actor-1"))
+        # Every frame either actor counted as accepted, the learner counted: no push was lost on the way out.
+        assert run.learner_metric("a3c_learner_env_frames_total") == int(counted.group(2)) + int(counted_too.group(1))
+    finally:
+        run.close()
 
 
 def test_a_killed_learner_is_restarted_and_resumes_where_its_checkpoint_was(run, tmp_path):
@@ -73,6 +100,31 @@ def test_a_killed_learner_is_restarted_and_resumes_where_its_checkpoint_was(run,
              run.processes)
     assert "resumed from" in run.log("learner")
     assert all(actor.poll() is None for actor in run.actors)
+
+
+def test_actors_roll_out_while_the_learner_is_away_and_send_the_newest_gradient_on_its_return(run):
+    run.start_learner()
+    actor = run.start_actor()
+    (port,) = run.actor_metrics
+    wait_for(lambda: run.version() >= 20, 60, "20 updates", run.processes)
+    run.learner.send_signal(signal.SIGKILL)
+    run.learner.wait()
+    rollouts = metric(port, "a3c_actor_rollout_seconds_count")
+    # Not idle: rollouts go on, each gradient replacing the one before (at most one held).
+    wait_for(lambda: metric(port, "a3c_actor_gradients_dropped_total") >= 3, 30, "rollouts while the learner is away",
+             (actor,))
+    assert metric(port, "a3c_actor_rollout_seconds_count") >= rollouts + 3
+    answered = metric_total(port, "a3c_actor_pushes_total")
+    run.start_learner()
+    # The held gradient goes first: applied if the learner resumed at its base version, else refused as out of
+    # date; either way answered, and training goes on with the same process.
+    wait_for(lambda: metric_total(port, "a3c_actor_pushes_total") > answered, 30, "the held gradient to be answered",
+             run.processes)
+    version = run.version()
+    wait_for(lambda: run.version() >= version + 20, 60, "training to go on", run.processes)
+    log = run.log("actor-0")
+    assert "rolling out while reconnecting" in log
+    assert re.search(r"sent the gradient it held while the learner was away: (applied|refused as out of date)", log)
 
 
 def test_sigterm_makes_the_learner_write_a_final_checkpoint(run, tmp_path):

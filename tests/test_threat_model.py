@@ -67,3 +67,16 @@ def test_a_compromised_actor_can_report_plausible_returns_that_were_never_played
     claim = sound_push(learner, episode_returns=[500.0])  # CartPole's best, never played
     assert call(learner.port, "PushGradients", claim, AUTHORIZED) == grpc.StatusCode.OK
     assert learner.stats.state()["returns"] == [500.0]
+
+
+def test_a_compromised_actor_can_mark_another_as_left_only_until_its_next_push(start_learner):
+    learner = start_learner(auth_token=TOKEN)
+    assert call(learner.port, "PushGradients", sound_push(learner, actor_id="actor-5/aaaaaa"), AUTHORIZED) == \
+        grpc.StatusCode.OK
+    assert learner.stats.active_actors() == 1
+    assert call(learner.port, "Leave", pb.LeaveRequest(actor_id="actor-5/aaaaaa"), AUTHORIZED) == grpc.StatusCode.OK
+    assert learner.stats.active_actors() == 0
+    assert call(learner.port, "PushGradients", sound_push(learner, actor_id="actor-5/aaaaaa", seq=2, base_version=1),
+                AUTHORIZED) == grpc.StatusCode.OK
+    assert learner.stats.active_actors() == 1
+    assert call(learner.port, "Leave", pb.LeaveRequest(actor_id="x")) == grpc.StatusCode.UNAUTHENTICATED

@@ -45,6 +45,10 @@ class LearnerMetrics:
                                        buckets=NORM_BUCKETS, registry=registry)
         self.apply_seconds = Histogram("a3c_learner_apply_seconds", "Time to apply one gradient (optimizer step)",
                                        buckets=LATENCY_BUCKETS, registry=registry)
+        # Its rate is the share of time the learner spends on pushes under the network's lock: near 1, more actors
+        # only queue (the autoscaling manifests scale actors on 1 minus it).
+        self.busy_seconds = Counter("a3c_learner_busy_seconds_total",
+                                    "Seconds the global network was held to apply pushes", registry=registry)
         self.checkpoint_version = Gauge("a3c_learner_checkpoint_version",
                                         "Version of the newest checkpoint written or resumed from (-1: none yet)",
                                         registry=registry)

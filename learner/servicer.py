@@ -10,16 +10,18 @@ its checkpoint every call gets UNAVAILABLE.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import grpc
 import torch
 from google.protobuf.message import DecodeError
+from prometheus_client import Counter
 
 from a3c import codec
 from a3c.codec import Layout, split_views
@@ -138,6 +140,17 @@ def count_if_abandoned(context: grpc.ServicerContext, abandoned: Callable[[], No
     return answered.set
 
 
+@contextlib.contextmanager
+def held_and_counted(lock: threading.Lock, seconds: Counter) -> Iterator[None]:
+    """Hold `lock`, adding the time it was held to `seconds`."""
+    with lock:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            seconds.inc(time.perf_counter() - start)
+
+
 def in_time(deadline: float | None) -> bool:
     """Whether the deadline (from `deadline_of`) has not passed yet."""
     return deadline is None or time.monotonic() < deadline
@@ -230,7 +243,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
         self.refuse_if_cooling(request.actor_id)
         self.stats.heard_from(request.actor_id)
         self.metrics.pushes_waiting.inc()
-        with self.model.lock:
+        with held_and_counted(self.model.lock, self.metrics.busy_seconds):
             self.metrics.pushes_waiting.dec()
             # Checked again under the lock: shutdown clears `ready` under it before the final checkpoint, and
             # a caller whose deadline passed while waiting has dropped its rollout, so nothing may count it.

@@ -26,6 +26,10 @@ log = logging.getLogger("actor")
 Message = TypeVar("Message")
 WAIT_REPORT_SECONDS = 30.0
 LEAVE_TIMEOUT = 1.0
+# gRPC's own reconnect backoff grows to 120 s: a learner back after a restart would wait that long for actors whose
+# channel failed a few times; capped at 2 s, as the actor's own retries are at 5 s.
+RECONNECT_OPTIONS = [("grpc.initial_reconnect_backoff_ms", 250), ("grpc.min_reconnect_backoff_ms", 250),
+                     ("grpc.max_reconnect_backoff_ms", 2000)]
 REFUSED_TOKEN_PAUSE = 120.0  # about a kubelet's refresh of a Secret volume
 # The learner is away, starting, stopping or busy: worth trying again after a pause.
 TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -96,6 +100,7 @@ class LearnerClient:
         return True
 
     def _open(self, options: list[tuple[str, int]] | None = None) -> grpc.Channel:
+        options = [*(options or []), *RECONNECT_OPTIONS]
         if self._credentials is not None:
             return grpc.secure_channel(self.address, self._credentials, options=options)
         return grpc.insecure_channel(self.address, options=options)

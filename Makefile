@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: train test test-containers bench proto tools clean
+.PHONY: train test test-containers test-chaos chaos bench proto tools clean
 
 # CPU build of torch first, pinned, so nothing can pull a CUDA build in; then the project and its test tools.
 $(STAMP): pyproject.toml learner/_rmsprop.c a3c/_wire.c
@@ -29,11 +29,20 @@ tools:
 	@command -v kubectl >/dev/null || { echo "kubectl is needed to render deploy/k8s (client only)"; exit 1; }
 
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -q --durations=15 -m "not containers" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 -m "not containers and not chaos" $(PYTEST_ARGS)
 
 # The image and the compose stack under a real Docker engine (`docker info` must answer; .ci/run sets one up).
 test-containers: $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15 -m containers tests/containers $(PYTEST_ARGS)
+
+# CartPole trained through a run full of faults (about a minute and a half; CI runs it after `make test`).
+test-chaos: $(STAMP)
+	$(BIN)/python -m pytest -q -s -m chaos tests/test_chaos.py $(PYTEST_ARGS)
+
+# The long chaos run: Pong to +18 clean, then the same seed through the faults (about 30 minutes on 2 cores; as root
+# one actor's link is slowed and lossy). JSON in bench/chaos.json, the verdict on stdout.
+chaos: $(STAMP)
+	$(BIN)/python -m bench.chaos $(ARGS)
 
 # The benchmark (7 to 12 minutes on 2 cores; not part of `make test`): JSON in bench/results.json, a table on stdout.
 bench: $(STAMP)

@@ -23,9 +23,9 @@ def machine() -> dict:
             "cpu_features": [feature for feature in CPU_FEATURES if feature in flags]}
 
 
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
+def scrape(port: int, host: str = "127.0.0.1") -> dict[tuple[str, tuple], float]:
     """Every sample of a /metrics endpoint, keyed by (name, sorted labels)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}

@@ -318,15 +318,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-interval", type=float, default=None,
                         help="seconds (default: a tenth of the clean run's time to the target)")
-    parser.add_argument("--link", default="50mbit 0.02", help="RATE LOSS of one actor's link (tc tbf rate, share of "
+    parser.add_argument("--link", default="500mbit 0.005", help="RATE LOSS of one actor's link (tc tbf rate, share of "
                         "packets dropped each way)")
+    parser.add_argument("--clean-seconds", type=float, help="skip the clean run: its seconds to the target, from an "
+                        "earlier run of the same seed (with --clean-frames)")
+    parser.add_argument("--clean-frames", type=int, help="skip the clean run: its frames to the target")
     parser.add_argument("--output", default=str(ROOT / "bench" / "chaos.json"))
     args = parser.parse_args(argv)
     target = args.target if args.target is not None else (18.0 if "Pong" in args.env else 195.0)
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     try:
-        clean = run(args.env, target, args.seed, seconds=3600, faults=False, link=None,
-                    checkpoint_interval=args.checkpoint_interval or 60, workdir=workdir / "clean")
+        if args.clean_seconds:
+            clean = {"faults": False, "seconds_to_target": args.clean_seconds, "frames_to_target": args.clean_frames,
+                     "reused": True}
+        else:
+            clean = run(args.env, target, args.seed, seconds=3600, faults=False, link=None,
+                        checkpoint_interval=args.checkpoint_interval or 60, workdir=workdir / "clean")
         if not clean["seconds_to_target"]:
             print("chaos: the clean run never reached the target", file=sys.stderr)
             return 1

@@ -66,14 +66,18 @@ def test_a_stopped_actor_settles_its_last_push_says_it_leaves_and_exits_at_once(
 
 
 def test_a_killed_learner_is_restarted_and_resumes_where_its_checkpoint_was(run, tmp_path):
+    """Also: the actors roll out while it is away, holding only their newest gradient, and send it first."""
     run.start_learner()
     run.start_actor(), run.start_actor()
+    ports = run.actor_metrics
     latest = tmp_path / "checkpoints" / checkpoints.LATEST
     wait_for(lambda: latest.exists() and checkpoints.load(latest)["global"]["version"] >= 100, 90,
              "a checkpoint at version 100", run.processes)
     run.learner.send_signal(signal.SIGKILL)
     run.learner.wait()
     saved = checkpoints.load(latest)
+    rollouts = [metric(port, "a3c_actor_rollout_seconds_count") for port in ports]
+    answered = [metric_total(port, "a3c_actor_pushes_total") for port in ports]
 
     # What a restarted learner holds: exactly the checkpoint's model, optimizer, version and counters.
     config = LearnerConfig(env="CartPole-v1", listen="127.0.0.1:0", metrics_port=0,
@@ -93,38 +97,26 @@ def test_a_killed_learner_is_restarted_and_resumes_where_its_checkpoint_was(run,
         probe.stop_serving(grace=None)
         probe.metrics_server.shutdown()
 
-    # The real learner comes back on its port; the actors, never restarted, reconnect on their own.
+    # Not idle meanwhile: rollouts go on, each gradient replacing the one before (at most one held).
+    wait_for(lambda: all(metric(port, "a3c_actor_gradients_dropped_total") >= 3 for port in ports), 30,
+             "rollouts while the learner is away", tuple(run.actors))
+    assert all(metric(port, "a3c_actor_rollout_seconds_count") >= before + 3 for port, before in zip(ports, rollouts))
+
+    # The real learner comes back on its port; the actors, never restarted, reconnect on their own and send the
+    # gradient they held first: applied if the learner resumed at its base version, else refused as out of date.
     run.start_learner()
     assert run.version() >= saved["global"]["version"]
+    wait_for(lambda: all(metric_total(port, "a3c_actor_pushes_total") > before for port, before in zip(ports, answered)),
+             30, "each held gradient to be answered", run.processes)
     wait_for(lambda: run.version() >= saved["global"]["version"] + 100, 90, "the version to climb again",
              run.processes)
     assert "resumed from" in run.log("learner")
     assert all(actor.poll() is None for actor in run.actors)
-
-
-def test_actors_roll_out_while_the_learner_is_away_and_send_the_newest_gradient_on_its_return(run):
-    run.start_learner()
-    actor = run.start_actor()
-    (port,) = run.actor_metrics
-    wait_for(lambda: run.version() >= 20, 60, "20 updates", run.processes)
-    run.learner.send_signal(signal.SIGKILL)
-    run.learner.wait()
-    rollouts = metric(port, "a3c_actor_rollout_seconds_count")
-    # Not idle: rollouts go on, each gradient replacing the one before (at most one held).
-    wait_for(lambda: metric(port, "a3c_actor_gradients_dropped_total") >= 3, 30, "rollouts while the learner is away",
-             (actor,))
-    assert metric(port, "a3c_actor_rollout_seconds_count") >= rollouts + 3
-    answered = metric_total(port, "a3c_actor_pushes_total")
-    run.start_learner()
-    # The held gradient goes first: applied if the learner resumed at its base version, else refused as out of
-    # date; either way answered, and training goes on with the same process.
-    wait_for(lambda: metric_total(port, "a3c_actor_pushes_total") > answered, 30, "the held gradient to be answered",
-             run.processes)
-    version = run.version()
-    wait_for(lambda: run.version() >= version + 20, 60, "training to go on", run.processes)
-    log = run.log("actor-0")
-    assert "rolling out while reconnecting" in log
-    assert re.search(r"sent the gradient it held while the learner was away: (applied|refused as out of date)", log)
+    for index in range(2):
+        log = run.log(f"actor-{index}")
+        assert "rolling out while reconnecting" in log
+        assert re.search(r"sent the gradient it held while the learner was away: (applied|refused as out of date)",
+                         log)
 
 
 def test_sigterm_makes_the_learner_write_a_final_checkpoint(run, tmp_path):

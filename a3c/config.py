@@ -61,7 +61,7 @@ def _check_token_source(literal: str, path: str) -> None:
             raise ConfigError(f"--auth-token-file: {err}") from None
 
 
-def is_loopback(host: str) -> bool:
+def _is_loopback(host: str) -> bool:
     """`host` (a --listen host) answers only on this machine."""
     host = host.strip("[]")
     if host == "localhost":
@@ -169,10 +169,14 @@ class LearnerConfig(HyperParams):
             _check_readable(name, getattr(self, name))
         _check_token_source(self.auth_token, self.auth_token_file)
 
+    @property
+    def exposed(self) -> bool:
+        """Whether other machines can reach --listen."""
+        return not _is_loopback(self.listen.rpartition(":")[0])
+
     def require_token_if_exposed(self) -> None:
         """Secure by default: a learner other machines can reach serves only with a token, unless told not to."""
-        _require(bool(self.auth_token or self.auth_token_file) or self.allow_unauthenticated
-                 or is_loopback(self.listen.rpartition(":")[0]),
+        _require(bool(self.auth_token or self.auth_token_file) or self.allow_unauthenticated or not self.exposed,
                  f"--listen {self.listen} can be reached from other machines and no --auth-token-file is given, so "
                  f"anyone could push gradients: give one (`a3c credentials DIR` makes one) or pass "
                  f"--allow-unauthenticated")

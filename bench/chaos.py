@@ -74,9 +74,8 @@ class Fleet:
                  f"ip link set {NETNS}-h up", f"ip netns exec {NETNS} ip addr add {NETNS_ADDRESS}/30 dev {NETNS}-n",
                  f"ip netns exec {NETNS} ip link set {NETNS}-n up", f"ip netns exec {NETNS} ip link set lo up",
                  f"ip netns exec {NETNS} tc qdisc add dev {NETNS}-n root tbf rate {rate} burst 64kbit latency 200ms",
-                 *(f"ip netns exec {NETNS} iptables -A {chain} -i {NETNS}-n -m statistic --mode random "
-                   f"--probability {loss} -j DROP".replace("-i", "-o" if chain == "OUTPUT" else "-i")
-                   for chain in ("INPUT", "OUTPUT"))]
+                 *(f"ip netns exec {NETNS} iptables -A {chain} {interface} {NETNS}-n -m statistic --mode random "
+                   f"--probability {loss} -j DROP" for chain, interface in (("INPUT", "-i"), ("OUTPUT", "-o")))]
         self._remove_netns()
         for step in steps:
             if subprocess.run(step.split(), capture_output=True).returncode != 0:
@@ -136,8 +135,9 @@ class Fleet:
         for incarnation in [self.learners[-1], *self.running_actors()]:
             self.scrape(incarnation)
 
-    def kill(self, incarnation: Incarnation) -> None:
-        self.scrape(incarnation)
+    def kill(self, incarnation: Incarnation, scrape_first: bool = True) -> None:
+        if scrape_first:
+            self.scrape(incarnation)
         incarnation.process.send_signal(signal.SIGKILL)
         incarnation.process.wait()
         incarnation.fate = "killed"
@@ -184,9 +184,7 @@ def kill_during_checkpoint_write(fleet: Fleet, timeout: float) -> bool:
     deadline, scraped = time.monotonic() + timeout, time.monotonic()
     while time.monotonic() < deadline:
         if any(fleet.checkpoint_dir.glob(f".*.{learner.process.pid}.tmp")):  # its own: a killed one's may linger
-            learner.process.send_signal(signal.SIGKILL)
-            learner.process.wait()
-            learner.fate = "killed"
+            fleet.kill(learner, scrape_first=False)  # now, while the file is there
             return True
         if time.monotonic() - scraped > 0.02:
             fleet.scrape(learner)

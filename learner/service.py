@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from a3c import checkpoints, codec
-from a3c.config import LearnerConfig, is_loopback
+from a3c.config import LearnerConfig
 from a3c.envs import describe_env, episode_return_bound
 from a3c.errors import UserFacingError
 from a3c.memory import keep_freed_memory
@@ -127,7 +127,7 @@ class LearnerService:
         self.serving.start()
         if not (self.config.auth_token or self.config.auth_token_file):
             log.warning("no --auth-token-file: any client that can reach port %d may push gradients", self.port)
-        elif not self.config.tls_cert and not is_loopback(self.config.listen.rpartition(":")[0]):
+        elif not self.config.tls_cert and self.config.exposed:
             log.warning("no --tls-cert: tokens and parameters cross the network in clear text")
         self.resumed_from = self._resume()
         self.metrics.param_version.set(self.model.version)

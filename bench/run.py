@@ -64,38 +64,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     quick = args.quick
     counts = [1] if quick else [int(n) for n in args.actors.split(",")]
-    window, warmup = (2.0, 3.0) if quick else (args.window, 15.0)
+    # A smoke run only has to show every part reporting a number: one short window of each.
+    window, warmup, windows = (2.0, 3.0, 1) if quick else (args.window, 15.0, 3)
 
     report = {"date": time.strftime("%Y-%m-%d"), "env": args.env, "machine": machine(), "train_args": args.train_args,
               "learner_args": args.learner_args}
     print(f"machine: {report['machine']}", file=sys.stderr)
     train_args, learner_args = shlex.split(args.train_args), shlex.split(args.learner_args)
-    capacity_seconds = 3.0 if quick else 15.0
+    capacity_seconds = 1.5 if quick else 15.0
     if args.only:
         with tempfile.TemporaryDirectory() as tmp:
             if args.only == "capacity":
                 print(json.dumps(learner_capacity(args.env, capacity_seconds, *args.pushers, Path(tmp), learner_args)))
             for count in counts if args.only == "e2e" else []:
-                print(json.dumps(end_to_end(args.env, count, window, warmup, 3, Path(tmp), train_args)))
+                print(json.dumps(end_to_end(args.env, count, window, warmup, windows, Path(tmp), train_args)))
         return 0
     actor = ActorConfig()
 
     def ceiling() -> tuple[list[float], str]:
         return measure_ceiling(args.env, actor.num_envs, HyperParams().t_max, actor.conv_precision,
-                               seconds=1.0 if quick else 8.0, repeats=3)
+                               seconds=1.0 if quick else 8.0, repeats=windows)
 
     rates, precision = ceiling()
     print(f"ceiling: {statistics.median(rates):,.0f} frames/s per core", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         report["end_to_end"] = []
         for count in counts:
-            run = end_to_end(args.env, count, window, warmup, 3, Path(tmp), train_args)
+            run = end_to_end(args.env, count, window, warmup, windows, Path(tmp), train_args)
             report["end_to_end"].append(run)
             print(f"end to end, {count} actors: {run['frames_per_second']:,.0f} frames/s", file=sys.stderr)
         if not quick:  # the one lever that is not a default: its speed and wire share beside the defaults'
-            report["end_to_end_overlap"] = end_to_end(args.env, 2, window, warmup, 3, Path(tmp),
+            report["end_to_end_overlap"] = end_to_end(args.env, 2, window, warmup, windows, Path(tmp),
                                                       train_args + ["--overlap-pushes"])
-        report["peer"] = peer(args.env, 4.0 if quick else 40.0)
+        report["peer"] = peer(args.env, 2.0 if quick else 40.0)
         print(f"peer: {report['peer']}", file=sys.stderr)
         report["learner_capacity"] = learner_capacity(args.env, capacity_seconds, *args.pushers, Path(tmp), learner_args)
         print(f"capacity: {report['learner_capacity']['updates_per_second']:,.0f} updates/s", file=sys.stderr)
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{report['learner_capacity_frontends']['updates_per_second']:,.0f} updates/s", file=sys.stderr)
     if not quick:  # the machine's speed drifts during a run: half the ceiling's windows at its start, half at its end
         rates += ceiling()[0]
-        print(f"ceiling again: {statistics.median(rates[3:]):,.0f} frames/s per core", file=sys.stderr)
+        print(f"ceiling again: {statistics.median(rates[windows:]):,.0f} frames/s per core", file=sys.stderr)
     per_core = statistics.median(rates)
     report["ceiling"] = {"per_core": per_core, "frames_per_second": per_core * os.cpu_count(), "window_rates": rates,
                          "conv_precision": precision}

@@ -22,12 +22,10 @@ def summary(result):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("wire_dtype", ["float16", "int8"])
-def test_cartpole_reaches_195(tmp_path, wire_dtype):
+def test_cartpole_reaches_195(tmp_path):
     run_dir = tmp_path / "run"
     result = run_a3c("train", "--env", "CartPole-v1", "--actors", "2", "--stop-at-return", "195",
-                     "--max-seconds", "300", "--run-dir", str(run_dir), "--log-interval", "1",
-                     "--wire-dtype", wire_dtype, timeout=400)
+                     "--max-seconds", "300", "--run-dir", str(run_dir), "--log-interval", "1", timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     final = summary(result)
     # The last mean may dip under the target while the processes stop; the best one reached it.

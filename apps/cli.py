@@ -81,9 +81,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_play(args: argparse.Namespace) -> int:
+    from a3c.episodes import play_episode
+    from a3c.video import VIDEO_SUFFIXES
     from apps import playing
 
-    if args.video and not args.video.lower().endswith(playing.VIDEO_SUFFIXES):
+    if args.video and not args.video.lower().endswith(VIDEO_SUFFIXES):
         raise config.ConfigError(f"--video must name a .gif or .mp4 file, got {args.video!r}")
     policy = playing.load_policy(args.checkpoint or playing.SHIPPED)
     if args.video:
@@ -92,7 +94,7 @@ def _run_play(args: argparse.Namespace) -> int:
         print(f"wrote {args.video}: {len(returns)} episode(s), returns {returns}")
     else:
         for i in range(args.episodes):
-            ret = playing.play_episode(policy, not args.sample, args.seed + i, render_mode=args.render)
+            ret = play_episode(policy.env_id, policy.model, not args.sample, args.seed + i, render_mode=args.render)
             print(f"episode {i + 1}: return {ret:+.0f}")
     return 0
 

@@ -5,26 +5,19 @@ from __future__ import annotations
 
 import json
 import pickle
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from a3c import checkpoints
-from a3c.envs import make_env, observation_array
+from a3c.episodes import play_episode, summarize
 from a3c.errors import UserFacingError
 from a3c.model import ActorCritic, ModelSpec, build_model
+from a3c.video import STEP_MS, FrameSampler, write_video
 
 # The Pong network that ships with the package (`a3c export` made it; docs/learning.md says how it was trained).
 SHIPPED = Path(__file__).resolve().parent / "pretrained" / "pong.pt"
-VIDEO_SUFFIXES = (".gif", ".mp4")
-
-# An episode that never ends (a policy that never serves, say) is cut here: 27,000 agent steps are the
-# 108,000 frames ALE allows a game.
-MAX_STEPS = 27_000
 
 
 @dataclass
@@ -68,40 +61,10 @@ def load_policy(path: str | Path = SHIPPED) -> Policy:
     return Policy(env_id=state["env"], model=model, version=int(state["global"]["version"]))
 
 
-def play_episode(policy: Policy, greedy: bool, seed: int, on_frame: Optional[Callable[[np.ndarray], None]] = None,
-                 render_mode: Optional[str] = None) -> float:
-    """One full episode; returns its unclipped return. `on_frame` gets each rendered RGB frame."""
-    env = make_env(policy.env_id, render_mode=render_mode)
-    generator = torch.Generator().manual_seed(seed)
-    try:
-        obs, _ = env.reset(seed=seed)
-        total = 0.0
-        for _ in range(MAX_STEPS):
-            with torch.no_grad():
-                logits, _ = policy.model(torch.from_numpy(observation_array(obs)).unsqueeze(0))
-            if greedy:
-                action = int(logits.argmax(-1))
-            else:
-                action = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            if on_frame is not None:
-                on_frame(env.render())
-            if terminated or truncated:
-                break
-        return total
-    finally:
-        env.close()
-
-
-def summarize(returns: list[float]) -> dict:
-    return {"episodes": len(returns), "mean": statistics.fmean(returns),
-            "std": statistics.pstdev(returns), "min": min(returns), "max": max(returns)}
-
-
 def evaluate(policy: Policy, episodes: int, seed: int = 0) -> dict:
     """Greedy and sampled play, `episodes` each, with different seeds per episode."""
-    return {mode: summarize([play_episode(policy, mode == "greedy", seed + i) for i in range(episodes)])
+    return {mode: summarize([play_episode(policy.env_id, policy.model, mode == "greedy", seed + i)
+                             for i in range(episodes)])
             for mode in ("greedy", "sampled")}
 
 
@@ -132,33 +95,8 @@ def export_policy(source: str | Path, target: str | Path, note: str) -> Path:
 def record_video(policy: Policy, path: str | Path, episodes: int, greedy: bool, seed: int = 0,
                  frame_every: int = 1) -> list[float]:
     """Play and save the rendered frames (every `frame_every`-th agent step) as an animated GIF or an MP4."""
-    frames: list[np.ndarray] = []
-    count = 0
-
-    def keep(frame: np.ndarray) -> None:
-        nonlocal count
-        if count % frame_every == 0:
-            frames.append(frame)
-        count += 1
-
-    returns = [play_episode(policy, greedy, seed + i, on_frame=keep, render_mode="rgb_array")
+    sampler = FrameSampler(frame_every)
+    returns = [play_episode(policy.env_id, policy.model, greedy, seed + i, on_frame=sampler, render_mode="rgb_array")
                for i in range(episodes)]
-    # One agent step is 4 emulator frames at 60 Hz: about 67 ms of game time.
-    step_ms = 1000 * 4 / 60 * frame_every
-    if str(path).lower().endswith(".mp4"):
-        import cv2
-
-        height, width = frames[0].shape[:2]
-        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 1000 / step_ms, (width, height))
-        if not writer.isOpened():
-            raise UserFacingError(f"cannot write an MP4 video to {path}")
-        for frame in frames:
-            writer.write(frame[:, :, ::-1])  # OpenCV wants BGR
-        writer.release()
-    else:
-        from PIL import Image
-
-        images = [Image.fromarray(frame) for frame in frames]
-        images[0].save(path, save_all=True, append_images=images[1:], duration=round(step_ms), loop=0,
-                       optimize=True)
+    write_video(sampler.frames, path, STEP_MS * frame_every)
     return returns

@@ -4,14 +4,13 @@ written atomically (a reader sees the whole file or none)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
+
+from a3c.files import replace_file
 
 
 def write_ports(path: str | Path, **ports: int) -> None:
-    tmp = f"{path}.tmp"
-    Path(tmp).write_text(json.dumps(ports) + "\n")
-    os.replace(tmp, path)
+    replace_file(path, json.dumps(ports) + "\n")
 
 
 def read_ports(path: str | Path) -> dict[str, int] | None:

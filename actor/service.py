@@ -25,8 +25,9 @@ from a3c.tokens import Tokens
 from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import ModelSpec, build_model, parameter_layout
+from a3c.reaching import TRANSIENT
 from a3c.ports import write_ports
-from actor.client import TRANSIENT, LearnerClient
+from actor.client import LearnerClient
 from actor.gradients import compute_gradients
 from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout
@@ -210,7 +211,7 @@ class Actor:
                         continue
                     self.step()
                 except grpc.RpcError as err:
-                    if err.code() == grpc.StatusCode.UNAUTHENTICATED and self.client.try_another_token():
+                    if self.client.tokens.refused(err):
                         log.info("the learner refused this actor's token; presenting the next in its file")
                         connected = False
                         continue

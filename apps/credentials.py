@@ -15,11 +15,10 @@ from __future__ import annotations
 import base64
 import datetime
 import ipaddress
-import os
 import secrets
-import tempfile
 from pathlib import Path
 
+from a3c.files import replace_file
 from a3c.tokens import parse_tokens
 
 # The names the learner answers to: compose's service, Kubernetes' Service in the namespace a3c, and this host.
@@ -38,17 +37,7 @@ def new_token() -> str:
 def write_private(path: Path, data: str | bytes) -> None:
     """Replace `path` with `data` in one rename, readable by its owner only."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(raw)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    replace_file(path, data, private=True)
 
 
 def write_tokens(path: Path, tokens: list[str]) -> None:

@@ -12,8 +12,9 @@ import yaml
 
 from a3c.config import ActorConfig, ConfigError, LearnerConfig
 from a3c.metrics import new_registry
+from a3c.reaching import LearnerRefused
 from a3c.tokens import Tokens, parse_tokens
-from actor.client import LearnerClient, LearnerRefused
+from actor.client import LearnerClient
 from actor.metrics import ActorMetrics
 from actor.service import Actor
 from apps import credentials

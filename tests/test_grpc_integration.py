@@ -12,8 +12,9 @@ from a3c.config import MAX_NUM_ENVS
 from a3c.framing import Push
 from a3c.metrics import new_registry
 from a3c.model import ModelSpec, build_model, parameter_layout
+from a3c.reaching import LearnerUnreachable
 from a3c.wire import channel_options
-from actor.client import LearnerClient, LearnerUnreachable
+from actor.client import LearnerClient
 from actor.gradients import compute_gradients
 from actor.metrics import ActorMetrics
 from actor.rollout import VectorRollout

@@ -12,8 +12,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from a3c import codec
 from a3c.config import LearnerConfig
 from a3c.metrics import new_registry
+from a3c.reaching import LearnerRefused, LearnerUnreachable
 from a3c.tokens import Tokens
-from actor.client import LearnerClient, LearnerRefused, LearnerUnreachable
+from actor.client import LearnerClient
 from actor.metrics import ActorMetrics
 from learner.service import LearnerService
 from proto import a3c_pb2 as pb

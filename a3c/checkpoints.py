@@ -1,6 +1,7 @@
 """Checkpoint files: written atomically (write, fsync, rename; the previous one kept), read without unpickling code.
 
-The learner writes them; `a3c evaluate` and `a3c play` read the network back out of them.
+The learner writes them (and the evaluator its best-eval.pt); `a3c evaluate` and `a3c play` read the network back
+out of them.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import torch
 
+FORMAT = 1  # the layout of what `save` is given; a reader refuses another
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
-BEST = "best.pt"
+BEST = "best.pt"  # the learner's, by the mean training return of 100 episodes
+BEST_EVAL = "best-eval.pt"  # the evaluator's, by the mean return of a round of greedy episodes
 
 
 def save(directory: str | Path, state: dict, name: str = LATEST, previous: str | None = PREVIOUS) -> Path:

@@ -78,6 +78,8 @@ def _check_port(name: str, port: int) -> None:
 
 # The most environments one actor steps: the learner refuses a push claiming a rollout of more.
 MAX_NUM_ENVS = 1024
+# The most episodes in one evaluation round: the learner refuses a report of more.
+MAX_EVAL_EPISODES = 1000
 
 @dataclass(frozen=True)
 class HyperParams:
@@ -128,6 +130,8 @@ class LearnerConfig(HyperParams):
     port_file: str = option("", 'once serving, write the bound ports to this file as JSON, {"grpc": N, '
                             '"metrics": M} (for launchers that start it on port 0)')
     log_interval: float = option(5.0, "seconds between progress lines")
+    tensorboard: str = option("", "write TensorBoard event files here: the progress record's scalars every "
+                              "--log-interval and the evaluator's returns and videos (a3c train: RUN_DIR/tensorboard)")
     workers: int = option(1, "gRPC server worker threads (of each front with --frontends): one is the fastest, "
                           "since gradients are applied one at a time anyway and more threads only contend for "
                           "Python's GIL")
@@ -183,10 +187,32 @@ class LearnerConfig(HyperParams):
 
 
 @dataclass(frozen=True)
-class ActorConfig:
-    """One actor process: everything else comes from the learner."""
+class LearnerLink:
+    """How a service reaches the learner (the actor's and the evaluator's settings alike)."""
 
     learner: str = option("localhost:50051", "HOST:PORT of the learner")
+    connect_timeout: Optional[float] = option(None, "seconds to keep trying to reach the learner, at start and after "
+                                              "losing it, before giving up (default: as long as it takes)")
+    rpc_timeout: float = option(10.0, "deadline of each call to the learner, in seconds")
+    auth_token: str = option("", "bearer token to present to the learner", secret=True)
+    auth_token_file: str = option("", "present the first token in this file to the learner; reread when it "
+                                  "changes, so tokens rotate without a restart")
+    tls_ca: str = option("", "PEM CA certificate to trust: connect to the learner over TLS")
+    port_file: str = option("", 'once serving metrics, write the bound port to this file as JSON, {"metrics": M} '
+                            '(for launchers that start it on port 0)')
+
+    def __post_init__(self) -> None:
+        _check_address("learner", self.learner)
+        _require(self.connect_timeout is None or self.connect_timeout > 0, "--connect-timeout must be positive")
+        _require(self.rpc_timeout > 0, "--rpc-timeout must be positive")
+        _check_readable("tls_ca", self.tls_ca)
+        _check_token_source(self.auth_token, self.auth_token_file)
+
+
+@dataclass(frozen=True)
+class ActorConfig(LearnerLink):
+    """One actor process: everything else comes from the learner."""
+
     num_envs: int = option(8, "environments stepped together in this process (batched inference)")
     keep_freed_memory: bool = option(True, KEEP_FREED_MEMORY_HELP)
     overlap_pushes: bool = option(False, "collect the next rollout while the learner answers the last push: no "
@@ -202,27 +228,45 @@ class ActorConfig:
                                  "derived from the actor's name, so that replicas play different episodes)")
     actor_id: str = option("", "name reported to the learner (default: host name and process id; a container's "
                            "host name is its own)")
-    connect_timeout: Optional[float] = option(None, "seconds to keep trying to reach the learner, at start and after "
-                                              "losing it, before giving up (default: as long as it takes)")
-    rpc_timeout: float = option(10.0, "deadline of each call to the learner, in seconds")
     metrics_port: int = option(9401, "port of the Prometheus /metrics endpoint (0 picks a free port)")
-    port_file: str = option("", 'once serving metrics, write the bound port to this file as JSON, {"metrics": M} '
-                            '(for launchers that start it on port 0)')
-    auth_token: str = option("", "bearer token to present to the learner", secret=True)
-    auth_token_file: str = option("", "present the first token in this file to the learner; reread when it "
-                                  "changes, so tokens rotate without a restart")
-    tls_ca: str = option("", "PEM CA certificate to trust: connect to the learner over TLS")
 
     def __post_init__(self) -> None:
-        _check_address("learner", self.learner)
+        super().__post_init__()
         _require(1 <= self.num_envs <= MAX_NUM_ENVS, f"--num-envs must be 1 to {MAX_NUM_ENVS}, got {self.num_envs}")
         _require(self.conv_precision in CONV_PRECISIONS, f"--conv-precision must be one of "
                  f"{', '.join(CONV_PRECISIONS)}, got {self.conv_precision!r}")
-        _require(self.connect_timeout is None or self.connect_timeout > 0, "--connect-timeout must be positive")
-        _require(self.rpc_timeout > 0, "--rpc-timeout must be positive")
         _check_port("metrics_port", self.metrics_port)
-        _check_readable("tls_ca", self.tls_ca)
-        _check_token_source(self.auth_token, self.auth_token_file)
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig(LearnerLink):
+    """The evaluator: greedy episodes on the learner's newest parameters, in rounds."""
+
+    episodes: int = option(10, "greedy episodes per round, all on one version of the parameters: the metrics, the "
+                           "report to the learner and best-eval.pt take their mean, min and max")
+    interval: float = option(30.0, "seconds from the start of one round to the start of the next, at least; a round "
+                             "starts only once the learner's version has moved")
+    output_dir: str = option("evaluation", "where best-eval.pt (the network of the best round so far) and the "
+                             "videos/ go")
+    video_interval: float = option(300.0, "seconds between recorded videos, each the start of one round's first "
+                                   "episode (0: none)")
+    video_steps: int = option(600, "agent steps a video covers at most (600: 40 s of Pong)")
+    videos_kept: int = option(20, "the newest videos kept in OUTPUT_DIR/videos; older ones are removed")
+    nice: int = option(10, "niceness this process adds to itself, so that actors sharing its cores go first")
+    seed: int = option(0, "seed of the first episode; each later episode takes the next")
+    evaluator_id: str = option("", "name reported to the learner (default: host name and process id)")
+    metrics_port: int = option(9402, "port of the Prometheus /metrics endpoint (0 picks a free port)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(1 <= self.episodes <= MAX_EVAL_EPISODES,
+                 f"--episodes must be 1 to {MAX_EVAL_EPISODES}, got {self.episodes}")
+        _require(self.interval >= 0, f"--interval must not be negative, got {self.interval}")
+        _require(self.video_interval >= 0, f"--video-interval must not be negative, got {self.video_interval}")
+        _require(self.video_steps >= 1, f"--video-steps must be at least 1, got {self.video_steps}")
+        _require(self.videos_kept >= 1, f"--videos-kept must be at least 1, got {self.videos_kept}")
+        _require(0 <= self.nice <= 19, f"--nice must be 0 to 19, got {self.nice}")
+        _check_port("metrics_port", self.metrics_port)
 
 
 @dataclass(frozen=True)
@@ -235,11 +279,16 @@ class RunLimits:
     stop_at_return: Optional[float] = option(None, "stop with success once the mean return of the last 100 "
                                              "episodes reaches this; exit non-zero if it is never reached")
     run_dir: str = option("", "directory for this run's progress and checkpoints (default: runs/TIME-ENV)")
+    evaluator: bool = option(False, "also run an evaluator: rounds of 10 greedy episodes on the newest parameters, "
+                             "best-eval.pt and videos in RUN_DIR/evaluation, its returns in the progress records "
+                             "and TensorBoard")
+    eval_interval: float = option(30.0, "with --evaluator: seconds from one round's start to the next's, at least")
 
     def __post_init__(self) -> None:
         _require(self.actors >= 1, f"--actors must be at least 1, got {self.actors}")
         _require(self.max_seconds is None or self.max_seconds > 0, "--max-seconds must be positive")
         _require(self.max_frames is None or self.max_frames > 0, "--max-frames must be positive")
+        _require(self.eval_interval >= 0, f"--eval-interval must not be negative, got {self.eval_interval}")
 
 
 # --- flags and environment variables, derived from the dataclasses above -------------------------------

@@ -90,6 +90,22 @@ def make_env(env_id: str, seed: int | None = None, render_mode: str | None = Non
     return env
 
 
+def render_problem(env_id: str) -> str | None:
+    """Why `env_id` cannot render RGB frames here (None: it can); CartPole's renderer needs pygame, say."""
+    try:
+        env = make_env(env_id, render_mode="rgb_array")
+    except gym.error.DependencyNotInstalled as err:
+        return str(err)
+    try:
+        env.reset(seed=0)
+        env.render()
+    except gym.error.DependencyNotInstalled as err:
+        return str(err)
+    finally:
+        env.close()
+    return None
+
+
 def describe_env(env_id: str) -> EnvInfo:
     """Build the environment once to read its spaces."""
     atari = is_atari(env_id)

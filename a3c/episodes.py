@@ -4,6 +4,7 @@ service measure a policy by (training returns come from the actors' rollouts ins
 from __future__ import annotations
 
 import statistics
+import threading
 from typing import Callable, Optional
 
 import numpy as np
@@ -19,15 +20,17 @@ Network = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # obs [1,
 
 def play_episode(env_id: str, network: Network, greedy: bool, seed: int,
                  on_frame: Optional[Callable[[np.ndarray], None]] = None, render_mode: Optional[str] = None,
-                 max_steps: int = MAX_STEPS) -> float:
-    """One episode (cut after `max_steps` agent steps); returns its unclipped return. `on_frame` gets each
-    rendered RGB frame."""
+                 stop: Optional[threading.Event] = None) -> float:
+    """One episode (cut after MAX_STEPS agent steps, or when `stop` is set); returns its unclipped return.
+    `on_frame` gets each rendered RGB frame."""
     env = make_env(env_id, render_mode=render_mode)
     generator = torch.Generator().manual_seed(seed)
     try:
         obs, _ = env.reset(seed=seed)
         total = 0.0
-        for _ in range(max_steps):
+        for _ in range(MAX_STEPS):
+            if stop is not None and stop.is_set():
+                break
             with torch.no_grad():
                 logits, _ = network(torch.from_numpy(observation_array(obs)).unsqueeze(0))
             if greedy:

@@ -15,15 +15,15 @@ STEP_MS = 1000 * 4 / 60
 
 
 class FrameSampler:
-    """Keeps every `every`-th frame it is given (pass it as `on_frame`)."""
+    """Keeps every `every`-th frame it is given (pass it as `on_frame`), up to `limit` frames."""
 
-    def __init__(self, every: int = 1) -> None:
-        self.every = every
+    def __init__(self, every: int = 1, limit: int | None = None) -> None:
+        self.every, self.limit = every, limit
         self.frames: list[np.ndarray] = []
         self._count = 0
 
     def __call__(self, frame: np.ndarray) -> None:
-        if self._count % self.every == 0:
+        if self._count % self.every == 0 and (self.limit is None or len(self.frames) < self.limit):
             self.frames.append(frame)
         self._count += 1
 

@@ -8,11 +8,13 @@ from proto import a3c_pb2 as pb
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Learner"].full_name
 # Room beyond the raw tensor bytes for names, shapes, episode returns and framing.
 _MESSAGE_HEADROOM = 256 * 1024
+# Never less: an evaluator's report carries a short video, whatever the size of the network.
+MIN_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def message_limit(num_params: int) -> int:
     """The largest message either side accepts: every parameter in float32, plus headroom."""
-    return num_params * 4 + num_params // 8 + _MESSAGE_HEADROOM
+    return max(num_params * 4 + num_params // 8 + _MESSAGE_HEADROOM, MIN_MESSAGE_BYTES)
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:

@@ -32,6 +32,12 @@ def _run_actor(args: argparse.Namespace) -> int:
     return main(config.from_args(config.ActorConfig, args))
 
 
+def _run_evaluator(args: argparse.Namespace) -> int:
+    from evaluator.service import main
+
+    return main(config.from_args(config.EvaluatorConfig, args))
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from apps.local import train
 
@@ -100,9 +106,17 @@ def _run_play(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from apps import playing
-
-    print(f"wrote {playing.export_policy(args.checkpoint, args.output, args.note)}")
+    # `play` and `evaluate` tell the two formats apart by the name, so the name must say which it is.
+    onnx_name = args.output.lower().endswith(".onnx")
+    if args.format == "onnx" and not onnx_name:
+        raise config.ConfigError(f"--format onnx writes a .onnx file, got --output {args.output!r}")
+    if args.format == "pt" and onnx_name:
+        raise config.ConfigError(f"--output {args.output!r} names an ONNX file: add --format onnx, or name a .pt file")
+    if args.format == "onnx":
+        from apps.onnx_policy import export_onnx as export
+    else:
+        from apps.playing import export_policy as export
+    print(f"wrote {export(args.checkpoint, args.output, args.note)}")
     return 0
 
 
@@ -136,19 +150,25 @@ def build_parser() -> argparse.ArgumentParser:
     actor = command("actor", _run_actor, "play the environment and push gradients to a learner")
     config.add_arguments(actor, config.ActorConfig)
 
+    evaluator = command("evaluator", _run_evaluator, "play greedy episodes on the learner's newest parameters: "
+                        "metrics, best-eval.pt, videos, and a report to the learner for TensorBoard")
+    config.add_arguments(evaluator, config.EvaluatorConfig)
+
     train = command("train", _run_train, "train on this machine: one learner and N actors as local processes")
     config.add_arguments(train, config.RunLimits)
     config.add_arguments(train, config.LearnerConfig, exclude=LOCAL_ONLY_LEARNER)
     config.add_arguments(train, config.ActorConfig, exclude=LOCAL_ONLY_ACTOR)
     evaluate = command("evaluate", _run_evaluate, "play greedy and sampled episodes with a checkpoint; print "
                        "mean, std, min and max return and one JSON line")
-    evaluate.add_argument("--checkpoint", help="a checkpoint file, or a checkpoint directory (its best.pt, else "
-                          "latest.pt); default: the Pong model that ships with a3c")
+    evaluate.add_argument("--checkpoint", help="a checkpoint file, a checkpoint directory (its best.pt, else "
+                          "latest.pt), or a .onnx file from `a3c export --format onnx`; default: the Pong model that "
+                          "ships with a3c")
     evaluate.add_argument("--episodes", type=int, default=10, help="episodes per mode")
     evaluate.add_argument("--seed", type=int, default=0)
 
     play = command("play", _run_play, "watch a checkpoint play: record a GIF or MP4, or open a window")
-    play.add_argument("--checkpoint", help="a checkpoint file or directory; default: the shipped Pong model")
+    play.add_argument("--checkpoint", help="a checkpoint file or directory, or a .onnx file from `a3c export "
+                      "--format onnx`; default: the shipped Pong model")
     play.add_argument("--video", help="write the episodes to this .gif or .mp4 file")
     play.add_argument("--render", choices=["human"], help="open a window (where a display exists)")
     play.add_argument("--episodes", type=int, default=1)
@@ -156,9 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
     play.add_argument("--frame-every", type=int, default=2, help="keep every Nth agent step in the video")
     play.add_argument("--seed", type=int, default=0)
 
-    export = command("export", _run_export, "save a checkpoint's network alone (float16, a few MB) to share or ship")
+    export = command("export", _run_export, "save a checkpoint's network alone to share or ship: float16 for a3c "
+                     "(a few MB), or ONNX to serve with onnxruntime and no torch")
     export.add_argument("--checkpoint", required=True, help="a checkpoint file or directory (best.pt, else latest.pt)")
-    export.add_argument("--output", required=True, help="the file to write")
+    export.add_argument("--output", required=True, help="the file to write (.onnx with --format onnx)")
+    export.add_argument("--format", choices=["pt", "onnx"], default="pt", help="pt: a3c's own checkpoint format; "
+                        "onnx: the forward pass in ONNX, float32, with a dynamic batch (default: %(default)s)")
     export.add_argument("--note", default="", help="how it was trained, kept in the file")
 
     plot = command("plot", _run_plot, "learning curves of one or more runs: mean return against frames and time")

@@ -1,4 +1,5 @@
-"""`a3c train`: one learner and N actors as local processes on loopback, the same code the containers run.
+"""`a3c train`: one learner, N actors (and an evaluator) as local processes on loopback, the same code the containers
+run.
 
 The launcher only starts processes (`python -m apps learner|actor` with flags), follows the learner's
 progress file, and stops everything in order: actors first, then the learner, which writes its final
@@ -18,8 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
-from a3c.config import ActorConfig, LearnerConfig, RunLimits, to_argv
+from a3c.config import ActorConfig, EvaluatorConfig, LearnerConfig, RunLimits, to_argv
 from a3c.envs import describe_env
+from a3c.files import replace_file
 from a3c.errors import UserFacingError
 from a3c.ports import read_ports
 from apps.credentials import new_token, write_tokens
@@ -63,13 +65,14 @@ def _stop(processes: list[subprocess.Popen], timeout: float) -> None:
             proc.wait()
 
 
-def write_scrape_targets(path: Path, learner_port: int, actor_ports: list[int]) -> None:
+def write_scrape_targets(path: Path, learner_port: int, actor_ports: list[int],
+                         evaluator_ports: list[int] = ()) -> None:
     """A Prometheus file_sd list of this run's /metrics endpoints, with the job names the dashboard uses."""
     groups = [{"targets": [f"127.0.0.1:{learner_port}"], "labels": {"job": "learner"}},
               {"targets": [f"127.0.0.1:{p}" for p in actor_ports], "labels": {"job": "actor"}}]
-    tmp = path.with_suffix(".tmp")  # Prometheus rereads the file when it changes: never let it see half of one
-    tmp.write_text(json.dumps(groups, indent=2) + "\n")
-    os.replace(tmp, path)
+    if evaluator_ports:
+        groups.append({"targets": [f"127.0.0.1:{p}" for p in evaluator_ports], "labels": {"job": "evaluator"}})
+    replace_file(path, json.dumps(groups, indent=2) + "\n")  # Prometheus rereads it when it changes
 
 
 def last_record(progress: Path) -> Optional[dict]:
@@ -104,20 +107,22 @@ def wait_for_ports(port_file: Path, learner: subprocess.Popen) -> dict[str, int]
     raise LaunchError(f"the learner did not start serving within {LEARNER_START_TIMEOUT:g}s")
 
 
-def _update_scrape_targets(path: Path, learner_port: int, actor_port_files: list[Path],
+def _update_scrape_targets(path: Path, learner_port: int, port_files: list[Path], evaluators: int,
                            written: list[int]) -> list[int]:
-    """Once every actor has reported its metrics port, (re)write the file_sd list when a port changed (an actor
-    restarted); returns the actor ports the file now holds."""
-    found = [read_ports(file) for file in actor_port_files]
+    """Once every actor and evaluator (the last `evaluators` of `port_files`) has reported its metrics port,
+    (re)write the file_sd list when a port changed (a process restarted); returns the ports the file now holds."""
+    found = [read_ports(file) for file in port_files]
     if None in found:
         return written
-    actor_ports = [ports["metrics"] for ports in found]
-    if actor_ports != written:
-        write_scrape_targets(path, learner_port, actor_ports)
+    ports = [found_ports["metrics"] for found_ports in found]
+    if ports != written:
+        split = len(ports) - evaluators
+        write_scrape_targets(path, learner_port, ports[:split], ports[split:])
         if not written:
-            log.info("metrics: learner http://127.0.0.1:%d/metrics, actors %s (Prometheus file_sd list in %s)",
-                     learner_port, ", ".join(f"http://127.0.0.1:{p}/metrics" for p in actor_ports), path)
-    return actor_ports
+            log.info("metrics: learner http://127.0.0.1:%d/metrics, actors %s%s (Prometheus file_sd list in %s)",
+                     learner_port, ", ".join(f"http://127.0.0.1:{p}/metrics" for p in ports[:split]),
+                     "".join(f", evaluator http://127.0.0.1:{p}/metrics" for p in ports[split:]), path)
+    return ports
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -136,7 +141,8 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
     progress, targets = run_dir / "progress.jsonl", run_dir / "scrape-targets.json"
     port_file = run_dir / "learner.ports"
     actor_port_files = [run_dir / f"actor-{index}.ports" for index in range(limits.actors)]
-    for stale in [port_file, targets, *actor_port_files]:
+    evaluator_port_files = [run_dir / "evaluator.ports"] if limits.evaluator else []
+    for stale in [port_file, targets, *actor_port_files, *evaluator_port_files]:
         stale.unlink(missing_ok=True)
     # Every port is picked by the kernel (port 0) and reported back in a port file: no port can be taken between
     # choosing it and binding it.
@@ -145,13 +151,15 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
     write_tokens(token_file, [new_token()])
     learner_config = replace(learner_config, listen="127.0.0.1:0", checkpoint_dir=str(run_dir / "checkpoints"),
                              progress_file=str(progress), port_file=str(port_file), metrics_port=0,
-                             auth_token_file=str(token_file))
+                             auth_token_file=str(token_file),
+                             tensorboard=learner_config.tensorboard or str(run_dir / "tensorboard"))
     actor_config = replace(actor_config, auth_token_file=str(token_file))
-    log.info("run directory %s; %d actors x %d envs on %s", run_dir, limits.actors, actor_config.num_envs,
-             learner_config.env)
+    log.info("run directory %s; %d actors x %d envs on %s%s; TensorBoard: tensorboard --logdir %s", run_dir,
+             limits.actors, actor_config.num_envs, learner_config.env, ", an evaluator" if limits.evaluator else "",
+             learner_config.tensorboard)
 
     learner = _spawn(["learner", *to_argv(learner_config)])
-    actors: list[subprocess.Popen] = []
+    clients: list[subprocess.Popen] = []  # the actors, then the evaluator
     started = time.monotonic()
     reached = False
     interrupted = False
@@ -166,22 +174,36 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
                              port_file=str(actor_port_files[index]))
             return _spawn(["actor", *to_argv(config)])
 
-        actors = [start_actor(i) for i in range(limits.actors)]
-        restarts = [0] * limits.actors
+        def start_evaluator(index: int) -> subprocess.Popen:
+            evaluator_port_files[0].unlink(missing_ok=True)
+            config = EvaluatorConfig(learner=address, evaluator_id="evaluator",
+                                     output_dir=str(run_dir / "evaluation"), metrics_port=0,
+                                     port_file=str(evaluator_port_files[0]),
+                                     auth_token_file=str(token_file), connect_timeout=actor_config.connect_timeout,
+                                     interval=limits.eval_interval)
+            return _spawn(["evaluator", *to_argv(config)])
+
+        # Actors first, then the evaluator (if any): what each slot runs, and the name it is reported by.
+        starters = [start_actor] * limits.actors + [start_evaluator] * len(evaluator_port_files)
+        names = [f"actor {i}" for i in range(limits.actors)] + ["the evaluator"] * len(evaluator_port_files)
+        clients = [start(i) for i, start in enumerate(starters)]
+        restarts = [0] * len(clients)
         scraped: list[int] = []
         while True:
             time.sleep(POLL_SECONDS)
-            scraped = _update_scrape_targets(targets, learner_ports["metrics"], actor_port_files, scraped)
+            scraped = _update_scrape_targets(targets, learner_ports["metrics"],
+                                             actor_port_files + evaluator_port_files, len(evaluator_port_files),
+                                             scraped)
             if learner.poll() is not None:
                 raise LaunchError(f"the learner exited with code {learner.returncode}")
-            for i, proc in enumerate(actors):
+            for i, proc in enumerate(clients):
                 if proc.poll() is not None:
                     if restarts[i] >= MAX_ACTOR_RESTARTS:
-                        raise LaunchError(f"actor {i} exited with code {proc.returncode} "
+                        raise LaunchError(f"{names[i]} exited with code {proc.returncode} "
                                           f"{MAX_ACTOR_RESTARTS + 1} times")
-                    log.warning("actor %d exited with code %d; restarting it", i, proc.returncode)
+                    log.warning("%s exited with code %d; restarting it", names[i], proc.returncode)
                     restarts[i] += 1
-                    actors[i] = start_actor(i)
+                    clients[i] = starters[i](i)
             record = last_record(progress)
             if target_reached(record, limits.stop_at_return):
                 reached = True
@@ -199,7 +221,7 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)  # one stop at a time
     finally:
-        _stop(actors, timeout=15.0)
+        _stop(clients, timeout=15.0)
         _stop([learner], timeout=60.0)
 
     record = last_record(progress) or {}
@@ -214,6 +236,7 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
         "mean_return": record.get("mean_return"),
         # The episodes that finish while the processes stop can pull the last mean back under a target it reached.
         "best_mean_return": record.get("best_mean_return"),
+        "eval_mean_return": record.get("eval_mean_return"),  # the evaluator's last round (with --evaluator)
         "target_return": limits.stop_at_return,
         "reached": reached,
         "run_dir": str(run_dir),

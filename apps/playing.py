@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 
 from a3c import checkpoints
-from a3c.episodes import play_episode, summarize
+from a3c.episodes import Network, play_episode, summarize
 from a3c.errors import UserFacingError
-from a3c.model import ActorCritic, ModelSpec, build_model
+from a3c.model import ModelSpec, build_model
 from a3c.video import STEP_MS, FrameSampler, write_video
 
 # The Pong network that ships with the package (`a3c export` made it; docs/learning.md says how it was trained).
@@ -23,15 +23,18 @@ SHIPPED = Path(__file__).resolve().parent / "pretrained" / "pong.pt"
 @dataclass
 class Policy:
     env_id: str
-    model: ActorCritic
+    model: Network  # an ActorCritic, or an onnxruntime session called the same way (apps.onnx_policy)
     version: int
+    spec: ModelSpec | None = None  # what the network takes and gives: `a3c export --format onnx` needs it
 
 
 def _read(path: str | Path) -> tuple[dict, Path]:
-    """A checkpoint's contents (a file, or a checkpoint directory: its best, else latest, file)."""
+    """A checkpoint's contents (a file, or a checkpoint directory: its best by evaluation, else best by training
+    return, else latest file)."""
     path = Path(path)
     if path.is_dir():
-        path = next((path / n for n in (checkpoints.BEST, checkpoints.LATEST) if (path / n).exists()), path)
+        names = (checkpoints.BEST_EVAL, checkpoints.BEST, checkpoints.LATEST)
+        path = next((path / n for n in names if (path / n).exists()), path)
     try:
         return checkpoints.load(path), path
     except (FileNotFoundError, IsADirectoryError):
@@ -49,16 +52,21 @@ def _unusable(path: Path, err: Exception) -> UserFacingError:
 
 
 def load_policy(path: str | Path = SHIPPED) -> Policy:
-    """The network of a learner checkpoint, or of an exported one such as the shipped Pong model."""
+    """The network of a learner checkpoint, or of an exported one such as the shipped Pong model (.pt or .onnx)."""
+    if str(path).lower().endswith(".onnx"):
+        from apps.onnx_policy import load_onnx_policy  # here, not above: apps.onnx_policy imports this module
+
+        return load_onnx_policy(path)
     torch.set_num_threads(1)  # batch-1 inference gains nothing from more, and it may share the machine
     state, path = _read(path)
     try:
-        model = build_model(ModelSpec.from_dict(state["model_spec"]))
+        spec = ModelSpec.from_dict(state["model_spec"])
+        model = build_model(spec)
         model.load_state_dict(state["global"]["model"])
     except Exception as err:  # keys or shapes of something else
         raise _unusable(path, err) from None
     model.eval()
-    return Policy(env_id=state["env"], model=model, version=int(state["global"]["version"]))
+    return Policy(env_id=state["env"], model=model, version=int(state["global"]["version"]), spec=spec)
 
 
 def evaluate(policy: Policy, episodes: int, seed: int = 0) -> dict:

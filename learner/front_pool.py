@@ -218,5 +218,11 @@ class FrontendPool:
             return "ok", version, params is not None
         if not self.servicer.ready.is_set():
             return "refused", "UNAVAILABLE", "shutting_down", STARTING
+        if kind == "evaluation":
+            try:
+                self.servicer.record_evaluation(pb.EvaluationReport.FromString(message[1]))
+            except PushRefused as refused:
+                return "refused", refused.code.name, refused.reason, str(refused)
+            return "ok", self.model.version, False
         version, params = self.servicer.params_if_newer(message[1], take_params)
         return "ok", version, params is not None

@@ -143,6 +143,13 @@ class FrontServicer(pb_grpc.LearnerServicer):
         self.link.left(request.actor_id)
         return pb.LeaveResponse()
 
+    def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationReply:
+        if not self.serving.value:
+            context.abort(grpc.StatusCode.UNAVAILABLE, STARTING)
+        with self._slot(context) as slot:  # the learner checks and records it
+            self._ask(slot, context, "evaluation", request.SerializeToString())
+        return pb.EvaluationReply()
+
     def PushGradients(self, request: pb.PushGradientsRequest, context: grpc.ServicerContext) -> bytes:
         # Registered after the slot's own callback, so the learner is told only once the slot shows the cancel.
         with self._slot(context) as slot, _answered(count_if_abandoned(context, self.link.push_abandoned)):

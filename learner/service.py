@@ -29,10 +29,10 @@ from learner.refusal_budget import RefusalBudget
 from learner.servicer import LearnerServicer, PushLimits
 from learner.serving import serving_for
 from learner.stats import TrainingStats, format_progress
+from learner.tensorboard import TensorBoardLog
 from proto import a3c_pb2 as pb
 
 log = logging.getLogger("learner")
-CHECKPOINT_FORMAT = 1
 
 
 class LearnerError(UserFacingError):
@@ -70,18 +70,24 @@ class LearnerService:
         num_params = self.model.num_params
         self.run_spec = build_run_spec(config, self.model_spec, info.frames_per_step, info.clip_rewards, num_params)
         limits = PushLimits.of(self.run_spec, config.max_episode_return or episode_return_bound(config.env))
+        self.tensorboard = TensorBoardLog(config.tensorboard) if config.tensorboard else None
         self.servicer = LearnerServicer(self.model, self.stats, self.run_spec, limits, self.metrics,
-                                        RefusalBudget(config.refusal_limit, config.refusal_cooldown))
+                                        RefusalBudget(config.refusal_limit, config.refusal_cooldown),
+                                        on_evaluation=self._evaluated)
         self._last_checkpoint = time.monotonic()
         self._best_saved: float | None = None
         self.metrics_server = None
         self.serving = serving_for(config, self.servicer, self.metrics)
         self.port = self.serving.port
 
+    def _evaluated(self, report: pb.EvaluationReport, summary: dict) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.evaluation(report, summary, self.stats.env_frames)
+
     # --- checkpoints -------------------------------------------------------------------------------
 
     def _checkpoint_state(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, "env": self.config.env, "model_spec": asdict(self.model_spec),
+        return {"format": checkpoints.FORMAT, "env": self.config.env, "model_spec": asdict(self.model_spec),
                 "global": self.model.state(), "stats": self.stats.state(), "torch_rng": torch.get_rng_state()}
 
     def _snapshot(self) -> dict:
@@ -101,9 +107,9 @@ class LearnerService:
         if found is None:
             return None
         state, path = found
-        if state.get("format") != CHECKPOINT_FORMAT:  # a later learner's layout: refuse rather than misread
+        if state.get("format") != checkpoints.FORMAT:  # a later learner's layout: refuse rather than misread
             raise LearnerError(f"{path} is a checkpoint of format {state.get('format')}; this learner reads format "
-                               f"{CHECKPOINT_FORMAT} (use the a3c release that wrote it, or another --checkpoint-dir)")
+                               f"{checkpoints.FORMAT} (use the a3c release that wrote it, or another --checkpoint-dir)")
         if state.get("env") != self.config.env:
             raise LearnerError(f"{path} holds a run of {state.get('env')!r}, not {self.config.env!r}; "
                                f"use another --checkpoint-dir")
@@ -154,6 +160,8 @@ class LearnerService:
         with self.model.lock:
             record = self.stats.snapshot(self.model.version)
         log.info(format_progress(record))
+        if self.tensorboard is not None:
+            self.tensorboard.progress(record)
         if self.config.progress_file:
             try:
                 with open(self.config.progress_file, "a") as handle:
@@ -189,6 +197,8 @@ class LearnerService:
         finally:  # whatever happens to the last report, the final checkpoint is written
             path = self.save_checkpoint()
             self.metrics_server.shutdown()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
         log.info("stopped at version %d; checkpoint %s", self.model.version, path)
 
 

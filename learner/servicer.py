@@ -25,7 +25,7 @@ from prometheus_client import Counter
 
 from a3c import codec
 from a3c.codec import Layout, split_views
-from a3c.config import MAX_NUM_ENVS
+from a3c.config import MAX_EVAL_EPISODES, MAX_NUM_ENVS
 from a3c.wire import SERVICE_NAME
 from a3c.framing import push_reply
 from learner.global_model import GlobalModel
@@ -126,6 +126,25 @@ class GradientCheck:
         return total
 
 
+def check_evaluation(report: pb.EvaluationReport, version_now: int, max_episode_return: float) -> None:
+    """What an evaluation report may claim: a version that has existed, 1 to MAX_EVAL_EPISODES finite returns
+    within the environment's bound, and either no video or a GIF."""
+    if not report.evaluator_id:
+        raise _refuse("no_evaluator_id", "evaluator_id is empty")
+    if not 0 <= report.version <= version_now:
+        raise _refuse("bad_version", f"version {report.version} is not one the learner has had (now {version_now})")
+    returns = report.episode_returns
+    if not 1 <= len(returns) <= MAX_EVAL_EPISODES:
+        raise _refuse("bad_returns", f"{len(returns)} episodes: a report holds 1 to {MAX_EVAL_EPISODES}")
+    if not all(math.isfinite(r) for r in returns):
+        raise _refuse("non_finite", "an episode return is not finite")
+    if any(abs(r) > max_episode_return for r in returns):
+        raise _refuse("bad_returns", f"an episode return of {max(returns, key=abs):g} is beyond "
+                                     f"{max_episode_return:g} (--max-episode-return)")
+    if report.video_gif and not report.video_gif.startswith((b"GIF87a", b"GIF89a")):
+        raise _refuse("bad_video", "video_gif is not a GIF")
+
+
 def deadline_of(context: grpc.ServicerContext) -> float | None:
     """The caller's deadline on the monotonic clock (the same in every process of this machine); None: none."""
     remaining = context.time_remaining()
@@ -158,8 +177,10 @@ def in_time(deadline: float | None) -> bool:
 
 class LearnerServicer(pb_grpc.LearnerServicer):
     def __init__(self, model: GlobalModel, stats: TrainingStats, run_spec: pb.RunSpec, limits: PushLimits,
-                 metrics: LearnerMetrics, budget: RefusalBudget) -> None:
+                 metrics: LearnerMetrics, budget: RefusalBudget,
+                 on_evaluation: Callable[[pb.EvaluationReport, dict], None] = lambda report, summary: None) -> None:
         self.model = model
+        self.on_evaluation = on_evaluation  # with the report and its summary, once checked and recorded
         self.stats = stats
         self.run_spec = run_spec
         self.metrics = metrics
@@ -211,6 +232,24 @@ class LearnerServicer(pb_grpc.LearnerServicer):
     def Leave(self, request: pb.LeaveRequest, context: grpc.ServicerContext) -> pb.LeaveResponse:
         self.actor_left(request.actor_id)
         return pb.LeaveResponse()
+
+    def ReportEvaluation(self, request: pb.EvaluationReport, context: grpc.ServicerContext) -> pb.EvaluationReply:
+        self._require_ready(context)
+        try:
+            self.record_evaluation(request)
+        except PushRefused as refused:
+            context.abort(refused.code, f"{refused.reason}: {refused}")
+        return pb.EvaluationReply()
+
+    def record_evaluation(self, report: pb.EvaluationReport) -> None:
+        """A checked evaluation round into the progress records and `on_evaluation`; a report that is not sound
+        raises PushRefused and changes nothing."""
+        check_evaluation(report, self.model.version, self.limits.max_episode_return)
+        summary = self.stats.record_evaluation(report.version, list(report.episode_returns))
+        self.on_evaluation(report, summary)
+        log.info("evaluation of version %d by %s: mean return %+.2f over %d episodes%s", report.version,
+                 report.evaluator_id, summary["eval_mean_return"], summary["eval_episodes"],
+                 f", a {len(report.video_gif) / 1e3:.0f} kB video" if report.video_gif else "")
 
     def actor_left(self, actor_id: str) -> None:
         self.stats.left(actor_id)
@@ -272,7 +311,7 @@ class LearnerServicer(pb_grpc.LearnerServicer):
             self.metrics.param_version.set(new_version)
             # Inside the lock, so no checkpoint or progress record sees the version without its update.
             loss = request.loss
-            self.stats.record_update(loss.policy_loss, loss.value_loss, loss.entropy, loss.grad_norm)
+            self.stats.record_update(loss.policy_loss, loss.value_loss, loss.entropy, loss.grad_norm, staleness)
             params = take_params() if request.want_params else None
         self.metrics.gradient_norm.observe(gradient_norm)
         return new_version, params
@@ -302,7 +341,8 @@ def add_to_server(servicer: pb_grpc.LearnerServicer, server: grpc.Server, events
     """Like the generated add_LearnerServicer_to_server, but requests are parsed by the handler and replies may
     be pre-serialized bytes."""
     requests = {"GetRunSpec": pb.GetRunSpecRequest, "GetParams": pb.GetParamsRequest,
-                "PushGradients": pb.PushGradientsRequest, "Leave": pb.LeaveRequest}
+                "PushGradients": pb.PushGradientsRequest, "Leave": pb.LeaveRequest,
+                "ReportEvaluation": pb.EvaluationReport}
     handlers = {name: grpc.unary_unary_rpc_method_handler(_parsing(name, request, getattr(servicer, name), events),
                                                           response_serializer=_serialize)
                 for name, request in requests.items()}

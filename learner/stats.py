@@ -12,6 +12,7 @@ from learner.metrics import LearnerMetrics
 
 RETURN_WINDOW = 100
 ACTIVE_WINDOW_SECONDS = 60.0
+EVALUATION_KEYS = ("eval_mean_return", "eval_min_return", "eval_max_return", "eval_episodes", "eval_version")
 
 
 class TrainingStats:
@@ -28,11 +29,13 @@ class TrainingStats:
         self.episodes = 0
         self.returns: deque[float] = deque(maxlen=RETURN_WINDOW)
         self.best_mean_return: float | None = None
-        self._loss_sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "grad_norm": 0.0}
+        self._loss_sums = {"policy_loss": 0.0, "value_loss": 0.0, "entropy": 0.0, "grad_norm": 0.0, "staleness": 0.0}
         self._loss_count = 0
         self._last_seen: dict[str, float] = {}
         self._rate_mark = (self.started, 0)
         self.elapsed_before = 0.0  # training seconds of earlier incarnations (after a resume)
+        # The evaluator's last round (None until one is reported).
+        self.evaluation: dict[str, float | None] = dict.fromkeys(EVALUATION_KEYS)
 
     def record_rollout(self, env_frames: int, agent_steps: int, episode_returns: Iterable[float]) -> None:
         with self._lock:
@@ -61,14 +64,23 @@ class TrainingStats:
         with self._lock:
             self._last_seen.pop(actor_id, None)
 
-    def record_update(self, policy_loss: float, value_loss: float, entropy: float, grad_norm: float) -> None:
+    def record_update(self, policy_loss: float, value_loss: float, entropy: float, grad_norm: float,
+                      staleness: int) -> None:
         with self._lock:
             self.updates += 1
             self.metrics.updates.inc()
             for key, value in (("policy_loss", policy_loss), ("value_loss", value_loss),
-                               ("entropy", entropy), ("grad_norm", grad_norm)):
+                               ("entropy", entropy), ("grad_norm", grad_norm), ("staleness", staleness)):
                 self._loss_sums[key] += value
             self._loss_count += 1
+
+    def record_evaluation(self, version: int, returns: list[float]) -> dict:
+        """The evaluator's latest round, as the progress records show it."""
+        with self._lock:
+            self.evaluation = {"eval_mean_return": round(sum(returns) / len(returns), 3),
+                               "eval_min_return": min(returns), "eval_max_return": max(returns),
+                               "eval_episodes": len(returns), "eval_version": version}
+            return dict(self.evaluation)
 
     def mean_return(self) -> float | None:
         return sum(self.returns) / len(self.returns) if self.returns else None
@@ -104,6 +116,7 @@ class TrainingStats:
                 "frames_per_second": round(recent_fps, 1),
                 "average_frames_per_second": round(self.env_frames / max(seconds, 1e-9), 1),
                 **{k: (None if v is None or not math.isfinite(v) else round(v, 6)) for k, v in losses.items()},
+                **self.evaluation,
             }
         record["actors"] = self.active_actors()
         return record
@@ -137,4 +150,6 @@ def format_progress(record: dict) -> str:
     return (f"{record['seconds']:7.0f}s  frames {record['frames']:>11,}  "
             f"{record['frames_per_second']:>7,.0f} frames/s  updates {record['updates']:>8,}  "
             f"episodes {record['episodes']:>6,}  mean return {mean_text}  actors {record['actors']}"
-            + ("" if entropy is None else f"  entropy {entropy:.3f}"))
+            + ("" if entropy is None else f"  entropy {entropy:.3f}")
+            + ("" if record.get("eval_mean_return") is None else
+               f"  evaluation {record['eval_mean_return']:+.2f} (version {record['eval_version']})"))

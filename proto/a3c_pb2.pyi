@@ -155,3 +155,19 @@ class LeaveRequest(_message.Message):
 class LeaveResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class EvaluationReport(_message.Message):
+    __slots__ = ("evaluator_id", "version", "episode_returns", "video_gif")
+    EVALUATOR_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EPISODE_RETURNS_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_GIF_FIELD_NUMBER: _ClassVar[int]
+    evaluator_id: str
+    version: int
+    episode_returns: _containers.RepeatedScalarFieldContainer[float]
+    video_gif: bytes
+    def __init__(self, evaluator_id: _Optional[str] = ..., version: _Optional[int] = ..., episode_returns: _Optional[_Iterable[float]] = ..., video_gif: _Optional[bytes] = ...) -> None: ...
+
+class EvaluationReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

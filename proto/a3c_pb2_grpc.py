@@ -54,6 +54,11 @@ class LearnerStub:
                 request_serializer=proto_dot_a3c__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=proto_dot_a3c__pb2.LeaveResponse.FromString,
                 _registered_method=True)
+        self.ReportEvaluation = channel.unary_unary(
+                '/a3c.v1.Learner/ReportEvaluation',
+                request_serializer=proto_dot_a3c__pb2.EvaluationReport.SerializeToString,
+                response_deserializer=proto_dot_a3c__pb2.EvaluationReply.FromString,
+                _registered_method=True)
 
 
 class LearnerServicer:
@@ -83,6 +88,13 @@ class LearnerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportEvaluation(self, request, context):
+        """From the evaluator: the returns of one round of greedy episodes (TensorBoard and the progress records).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LearnerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +117,11 @@ def add_LearnerServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=proto_dot_a3c__pb2.LeaveRequest.FromString,
                     response_serializer=proto_dot_a3c__pb2.LeaveResponse.SerializeToString,
+            ),
+            'ReportEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportEvaluation,
+                    request_deserializer=proto_dot_a3c__pb2.EvaluationReport.FromString,
+                    response_serializer=proto_dot_a3c__pb2.EvaluationReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +232,33 @@ class Learner:
             '/a3c.v1.Learner/Leave',
             proto_dot_a3c__pb2.LeaveRequest.SerializeToString,
             proto_dot_a3c__pb2.LeaveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/a3c.v1.Learner/ReportEvaluation',
+            proto_dot_a3c__pb2.EvaluationReport.SerializeToString,
+            proto_dot_a3c__pb2.EvaluationReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -114,10 +114,11 @@ class LocalRun:
         self._actor_port_files: list[Path] = []
         self.learner: subprocess.Popen | None = None
         self.actors: list[subprocess.Popen] = []
+        self.evaluator: subprocess.Popen | None = None
 
     @property
     def processes(self) -> tuple[subprocess.Popen, ...]:
-        return tuple(p for p in [self.learner, *self.actors] if p is not None)
+        return tuple(p for p in [self.learner, *self.actors, self.evaluator] if p is not None)
 
     def start_learner(self) -> subprocess.Popen:
         """A learner, returned once it serves (its port file is written then)."""
@@ -142,6 +143,19 @@ class LocalRun:
         self._actor_port_files.append(port_file)
         return actor
 
+    def start_evaluator(self) -> subprocess.Popen:
+        """An evaluator of the learner started before: rounds of 3 greedy episodes, one a second at most."""
+        self.evaluator = start_a3c("evaluator", "--learner", f"127.0.0.1:{self.grpc_port}", "--episodes", "3",
+                                   "--interval", "1", "--metrics-port", "0", "--port-file",
+                                   str(self.tmp / "evaluator.ports"), "--output-dir", str(self.tmp / "evaluation"),
+                                   log=self.tmp / "evaluator.log")
+        return self.evaluator
+
+    @property
+    def evaluator_metrics(self) -> int:
+        return wait_for(lambda: read_ports(self.tmp / "evaluator.ports"), 60, "the evaluator's metrics",
+                        (self.evaluator,))["metrics"]
+
     @property
     def actor_metrics(self) -> list[int]:
         """The actors' metrics ports, once each serves its metrics."""
@@ -158,6 +172,6 @@ class LocalRun:
         return (self.tmp / f"{name}.log").read_text()
 
     def close(self) -> None:
-        stop(*self.actors, timeout=30)
+        stop(*self.actors, *([self.evaluator] if self.evaluator else []), timeout=30)
         if self.learner is not None:
             stop(self.learner)

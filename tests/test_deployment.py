@@ -86,14 +86,16 @@ def deployed_settings() -> list[tuple[str, str, str]]:
              for key, value in (spec.get("environment") or {}).items()]
     for deployment in (d for d in rendered_manifests() if d["kind"] == "Deployment"):
         for container in deployment["spec"]["template"]["spec"]["containers"]:
-            found += [(f"manifest {deployment['metadata']['name']}", e["name"], e["value"]) for e in container["env"]]
+            found += [(f"manifest {deployment['metadata']['name']}", e["name"], e["value"])
+                      for e in container.get("env", [])]
     return [setting for setting in found if setting[1].startswith(config.ENV_PREFIX)]
 
 
 def assert_no_default_restated(settings: list[tuple[str, str, str]]) -> None:
     _, image_env = image_runtime()
     defaults = {config._env_name(f.name): (cls, f.name, image_env.get(config._env_name(f.name), f.default))
-                for cls in (config.LearnerConfig, config.ActorConfig) for f in dataclasses.fields(cls)}
+                for cls in (config.LearnerConfig, config.ActorConfig, config.EvaluatorConfig)
+                for f in dataclasses.fields(cls)}
     for where, variable, value in settings:
         assert variable in defaults, f"{where}: {variable} is no setting of a3c"
         cls, name, default = defaults[variable]
@@ -130,6 +132,8 @@ def test_the_schema_validation_can_fail():
 def test_manifests_are_production_shaped():
     docs = rendered_manifests()
     learner, actor = manifest(docs, "Deployment", "learner"), manifest(docs, "Deployment", "actor")
+    evaluator = manifest(docs, "Deployment", "evaluator")
+    assert evaluator["spec"]["replicas"] == 1 and evaluator["spec"]["strategy"]["type"] == "Recreate"
     assert learner["spec"]["replicas"] == 1 and learner["spec"]["strategy"]["type"] == "Recreate"
     assert actor["spec"]["replicas"] == 8
     service = manifest(docs, "Service", "learner")
@@ -142,7 +146,7 @@ def test_manifests_are_production_shaped():
         command = learner_container[probe]["exec"]["command"]
         assert command[:3] == ["a3c", "health", "--grpc"] and "--tls-ca" in command
     assert learner["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 30
-    for deployment in (learner, actor):
+    for deployment in (learner, actor, evaluator):
         pod = deployment["spec"]["template"]
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
@@ -150,7 +154,7 @@ def test_manifests_are_production_shaped():
             assert set(container["resources"]) == {"requests", "limits"}
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    for deployment in (learner, actor):
+    for deployment in (learner, actor, evaluator):
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         # kind and minikube load an image under a tag; `latest` would make the kubelet pull it instead.
         assert container["image"] == f"a3c-grpc:{version}" == compose()["x-a3c"]["image"]
@@ -158,8 +162,9 @@ def test_manifests_are_production_shaped():
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if probe in container:  # a busy learner or actor answers within seconds, not the default one
                 assert container[probe]["timeoutSeconds"] >= 5 and container[probe].get("failureThreshold", 3) >= 3
-    claim = manifest(docs, "PersistentVolumeClaim", "learner-checkpoints")["spec"]
-    assert claim["accessModes"] == ["ReadWriteOnce"] and claim["volumeMode"] == "Filesystem"
+    for name in ("learner-checkpoints", "evaluator-output"):
+        claim = manifest(docs, "PersistentVolumeClaim", name)["spec"]
+        assert claim["accessModes"] == ["ReadWriteOnce"] and claim["volumeMode"] == "Filesystem"
     budget = manifest(docs, "PodDisruptionBudget", "actor")["spec"]
     assert budget["selector"]["matchLabels"] == actor["spec"]["selector"]["matchLabels"] and budget["maxUnavailable"]
     dashboard = manifest(docs, "ConfigMap", "a3c-grafana-dashboard")
@@ -167,11 +172,12 @@ def test_manifests_are_production_shaped():
     assert dashboard["data"]["a3c-training.json"] == shipped
 
 
-def test_both_services_run_with_their_own_credentials_from_secrets_nobody_commits():
+def test_every_service_runs_with_its_own_credentials_from_secrets_nobody_commits():
     docs = rendered_manifests()
     assert not [d for d in docs if d["kind"] == "Secret"]  # made per deployment by `a3c credentials`
     wanted = {"learner": ("a3c-learner-credentials", {"A3C_AUTH_TOKEN_FILE", "A3C_TLS_CERT", "A3C_TLS_KEY"}),
-              "actor": ("a3c-actor-credentials", {"A3C_AUTH_TOKEN_FILE", "A3C_TLS_CA"})}
+              "actor": ("a3c-actor-credentials", {"A3C_AUTH_TOKEN_FILE", "A3C_TLS_CA"}),
+              "evaluator": ("a3c-actor-credentials", {"A3C_AUTH_TOKEN_FILE", "A3C_TLS_CA"})}
     for name, (secret, variables) in wanted.items():
         pod = manifest(docs, "Deployment", name)["spec"]["template"]["spec"]
         container = pod["containers"][0]
@@ -182,17 +188,18 @@ def test_both_services_run_with_their_own_credentials_from_secrets_nobody_commit
         env = {e["name"]: e["value"] for e in container["env"]}
         assert variables <= env.keys() and all(env[v].startswith(mount["mountPath"] + "/") for v in variables)
     services = compose()["services"]
-    assert "A3C_TLS_KEY" not in services["actor"]["environment"]
-    assert not {v.split(":")[0] for v in services["actor"]["volumes"]} & {"ca", "learner-credentials"}
+    for client in ("actor", "evaluator"):
+        assert "A3C_TLS_KEY" not in services[client]["environment"]
+        assert not {v.split(":")[0] for v in services[client]["volumes"]} & {"ca", "learner-credentials"}
     assert all(not v.endswith(":ro") for v in services["credentials"]["volumes"])
-    assert all(v.endswith(":ro") for v in services["actor"]["volumes"] + services["learner"]["volumes"]
+    assert all(v.endswith(":ro") for name in ("actor", "evaluator", "learner") for v in services[name]["volumes"]
                if "credentials" in v)
 
 
-def test_only_actors_reach_the_learner_and_only_prometheus_the_metrics():
+def test_only_actors_and_the_evaluator_reach_the_learner_and_only_prometheus_the_metrics():
     docs = rendered_manifests()
     pods = {name: manifest(docs, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
-            for name in ("learner", "actor")}
+            for name in ("learner", "actor", "evaluator")}
 
     def admitted(policy: dict, labels: dict, port: str) -> bool:
         """Whether an ingress rule of `policy` lets a pod with `labels` (in any namespace) reach `port`."""
@@ -202,12 +209,13 @@ def test_only_actors_reach_the_learner_and_only_prometheus_the_metrics():
 
     prometheus = {"app.kubernetes.io/name": "prometheus"}
     stranger = {"app.kubernetes.io/name": "something-else"}
-    for name, ports in (("learner", ("grpc", "metrics")), ("actor", ("metrics",))):
+    for name, ports in (("learner", ("grpc", "metrics")), ("actor", ("metrics",)), ("evaluator", ("metrics",))):
         policy = manifest(docs, "NetworkPolicy", name)
         assert policy["spec"]["policyTypes"] == ["Ingress"]
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pods[name].items()
         assert admitted(policy, prometheus, "metrics") and not admitted(policy, stranger, "metrics")
-        assert admitted(policy, pods["actor"], "grpc") == (name == "learner")
+        assert admitted(policy, pods["actor"], "grpc") == admitted(policy, pods["evaluator"], "grpc") == \
+            (name == "learner")
         assert not admitted(policy, prometheus, "grpc") and not admitted(policy, stranger, "grpc")
         container_ports = {p["name"] for p in manifest(docs, "Deployment", name)["spec"]["template"]["spec"]
                            ["containers"][0]["ports"]}
@@ -217,7 +225,7 @@ def test_only_actors_reach_the_learner_and_only_prometheus_the_metrics():
 def test_pod_monitor_names_jobs_as_the_dashboard_filters():
     monitor = yaml.safe_load(POD_MONITOR.read_text())
     docs = rendered_manifests()
-    for name in ("learner", "actor"):
+    for name in ("learner", "actor", "evaluator"):
         pod = manifest(docs, "Deployment", name)["spec"]["template"]
         assert pod["metadata"]["labels"][monitor["spec"]["jobLabel"]] == name  # the job label becomes its name
         assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
@@ -242,7 +250,7 @@ def localize(service: Service, learner_grpc: int, mounts: dict[str, Path], port_
     them), reported back in `port_file`, and paths inside `mounts` (a container path -> a local directory)."""
     argv = [*image_runtime()[0], *service.argv]
     assert argv[:3] == ["tini", "--", "a3c"]  # tini only hands signals on; here the process is no PID 1
-    translate = translator({50051: learner_grpc, 9400: 0, 9401: 0}, mounts)
+    translate = translator({50051: learner_grpc, 9400: 0, 9401: 0, 9402: 0}, mounts)
     env = {**os.environ, **{k: translate(v) for k, v in image_runtime()[1].items() if k != "PATH"}}
     env.update({k: translate(v) for k, v in service.env.items()})
     env.setdefault("A3C_METRICS_PORT", "0")
@@ -263,8 +271,8 @@ def translator(ports: dict[int, int], mounts: dict[str, Path]):
     return translate
 
 
-def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe, tmp_path: Path,
-             mounts: dict[str, Path]) -> None:
+def rehearse(learner: Service, actors: list[Service], evaluator: Service, learner_probe, actor_probe,
+             evaluator_probe, tmp_path: Path, mounts: dict[str, Path]) -> None:
     data = mounts["/data"]
     processes = []
     try:
@@ -290,6 +298,18 @@ def rehearse(learner: Service, actors: list[Service], learner_probe, actor_probe
             wait_for(lambda: actor_probe(port), 30, "the actor's health check", tuple(processes))
         # Nothing gets in without the deployment's token, over TLS as the actors connect.
         assert unauthenticated_call(grpc_port, learner, mounts) == "UNAUTHENTICATED"
+        # The evaluator reaches the learner with the actors' credentials (its first Pong round would take long).
+        # The actors have shown what they do: stopped, so that the evaluator (niced) is not starved starting.
+        stop(*processes[1:])
+        argv, env = localize(evaluator, grpc_port, mounts, tmp_path / "evaluator.ports")
+        evaluator_log = open(tmp_path / "evaluator.log", "w")
+        processes.append(subprocess.Popen(argv, env=env, cwd=tmp_path, stdout=evaluator_log, stderr=evaluator_log))
+        running = (processes[0], processes[-1])
+        port = wait_for(lambda: read_ports(tmp_path / "evaluator.ports"), 60, "the evaluator's metrics",
+                        running)["metrics"]
+        wait_for(lambda: "evaluating PongNoFrameskip-v4 on" in (tmp_path / "evaluator.log").read_text(), 60,
+                 "the evaluator to connect", running)
+        assert evaluator_probe(port)
     finally:
         stop(*processes)
     # SIGTERM gave the learner its final checkpoint, in the volume.
@@ -347,8 +367,9 @@ def test_rehearse_docker_compose(tmp_path):
         assert test[0] == "CMD"
         return run_probe(test[1:], ports, mounts)
 
-    rehearse(learner, actors, learner_probe=lambda grpc: check("learner", {50051: grpc}),
-             actor_probe=lambda port: check("actor", {9401: port}), tmp_path=tmp_path, mounts=mounts)
+    rehearse(learner, actors, service("evaluator"), learner_probe=lambda grpc: check("learner", {50051: grpc}),
+             actor_probe=lambda port: check("actor", {9401: port}),
+             evaluator_probe=lambda port: check("evaluator", {9402: port}), tmp_path=tmp_path, mounts=mounts)
 
 
 @pytest.mark.slow
@@ -379,8 +400,9 @@ def test_rehearse_kubernetes_manifests(tmp_path):
     learner, learner_container = service("learner")
     actors = [service("actor")[0] for _ in range(ACTOR_REPLICAS)]
     actor_container = service("actor")[1]
+    evaluator, evaluator_container = service("evaluator")
     liveness = actor_container["livenessProbe"]["httpGet"]
-    assert liveness["port"] == "metrics"
+    assert liveness["port"] == "metrics" == evaluator_container["livenessProbe"]["httpGet"]["port"]
 
     def learner_probe(grpc_port: int) -> bool:
         return all(run_probe(learner_container[probe]["exec"]["command"], {50051: grpc_port}, mounts)
@@ -390,4 +412,4 @@ def test_rehearse_kubernetes_manifests(tmp_path):
         check_http(f"http://127.0.0.1:{port}{liveness['path']}", timeout=3)
         return True
 
-    rehearse(learner, actors, learner_probe, actor_probe, tmp_path, mounts)
+    rehearse(learner, actors, evaluator, learner_probe, actor_probe, actor_probe, tmp_path, mounts)

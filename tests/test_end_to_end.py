@@ -8,8 +8,10 @@ import sys
 
 import grpc
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from a3c.ports import read_ports
+from apps import playing
 from apps.curves import read_progress
 from proto import a3c_pb2 as pb
 from proto import a3c_pb2_grpc as pb_grpc
@@ -21,11 +23,19 @@ def summary(result):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.slow
-def test_cartpole_reaches_195(tmp_path):
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def cartpole_run(tmp_path_factory):
+    """`a3c train` on CartPole to 195, with an evaluator (a round every 2 s) and TensorBoard on, as by default."""
+    run_dir = tmp_path_factory.mktemp("cartpole") / "run"
     result = run_a3c("train", "--env", "CartPole-v1", "--actors", "2", "--stop-at-return", "195",
-                     "--max-seconds", "300", "--run-dir", str(run_dir), "--log-interval", "1", timeout=400)
+                     "--max-seconds", "300", "--run-dir", str(run_dir), "--log-interval", "1", "--evaluator",
+                     "--eval-interval", "2", timeout=400)
+    return result, run_dir
+
+
+@pytest.mark.slow
+def test_cartpole_reaches_195(cartpole_run):
+    result, run_dir = cartpole_run
     assert result.returncode == 0, result.stderr[-3000:]
     final = summary(result)
     # The last mean may dip under the target while the processes stop; the best one reached it.
@@ -34,6 +44,25 @@ def test_cartpole_reaches_195(tmp_path):
     assert final["frames"] > 0 and final["updates"] > 0 and final["episodes"] >= 100
     assert (run_dir / "checkpoints" / "latest.pt").exists()
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_the_run_is_evaluated_and_shown_in_tensorboard(cartpole_run):
+    result, run_dir = cartpole_run
+    final = summary(result)
+    assert final["eval_mean_return"] is not None
+    records = [r for r in read_progress(run_dir / "progress.jsonl") if r["eval_mean_return"] is not None]
+    assert records and all(r["eval_min_return"] <= r["eval_mean_return"] <= r["eval_max_return"] for r in records)
+    best = playing.load_policy(run_dir / "evaluation")
+    assert best.env_id == "CartPole-v1" and best.version <= records[-1]["version"]
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/mean_return", "train/staleness", "speed/frames_per_second", "loss/policy", "loss/value",
+            "loss/entropy", "loss/grad_norm", "eval/mean_return"} <= tags, tags
+    means = events.Scalars("train/mean_return")
+    assert max(m.value for m in means) >= 195 and [m.step for m in means] == sorted(m.step for m in means)
+    assert [e.value for e in events.Scalars("eval/mean_return")][-1] == pytest.approx(final["eval_mean_return"])
 
 
 @pytest.mark.slow
@@ -47,10 +76,11 @@ def test_missed_target_exits_non_zero(tmp_path):
 
 @pytest.mark.slow
 def test_pong_smoke_two_actors(tmp_path):
-    """Two actors on real ALE Pong push gradients for ~20 s: the version climbs and losses stay finite."""
+    """Two actors on real ALE Pong push gradients (40 pushes' worth of frames): the version climbs and losses stay
+    finite."""
     run_dir = tmp_path / "run"
-    result = run_a3c("train", "--actors", "2", "--num-envs", "4", "--max-seconds", "20",
-                     "--run-dir", str(run_dir), "--log-interval", "2", timeout=180)
+    result = run_a3c("train", "--actors", "2", "--num-envs", "4", "--max-frames", str(40 * 4 * 20 * 4),
+                     "--run-dir", str(run_dir), "--log-interval", "1", timeout=180)
     assert result.returncode == 0, result.stderr[-3000:]
     final = summary(result)
     records = read_progress(run_dir)

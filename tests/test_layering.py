@@ -13,7 +13,8 @@ ALLOWED = {
     "a3c": {"a3c", "proto"},
     "learner": {"learner", "a3c", "proto"},
     "actor": {"actor", "a3c", "proto"},
-    "apps": {"apps", "learner", "actor", "a3c", "proto"},
+    "evaluator": {"evaluator", "a3c", "proto"},
+    "apps": {"apps", "learner", "actor", "evaluator", "a3c", "proto"},
 }
 PROJECT = set(ALLOWED) | {"bench", "tests"}
 

@@ -19,12 +19,14 @@ DEPLOY = ROOT / "deploy"
 PROMETHEUS_CONFIGS = sorted((DEPLOY / "prometheus").glob("*.yml"))
 
 
-def start_cluster(tmp: Path):
-    """A CartPole learner and two actors as real processes."""
+def start_cluster(tmp: Path, evaluator: bool = False):
+    """A CartPole learner and two actors (and an evaluator) as real processes."""
     run = LocalRun(tmp)
     run.start_learner()
     run.start_actor()
     run.start_actor()
+    if evaluator:
+        run.start_evaluator()
     return run
 
 
@@ -38,7 +40,7 @@ def cluster(tmp_path):
 @pytest.fixture(scope="module")
 def scraped_cluster(tmp_path_factory):
     """One cluster for every way of scraping it: each test only reads its metrics."""
-    run = start_cluster(tmp_path_factory.mktemp("cluster"))
+    run = start_cluster(tmp_path_factory.mktemp("cluster"), evaluator=True)
     yield run
     run.close()
 
@@ -62,7 +64,7 @@ def test_promtool_accepts_the_shipped_prometheus_configs(tmp_path):
 def test_shipped_config_discovers_every_actor_replica_by_dns():
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
-    assert set(jobs) == {"learner", "actor"}
+    assert set(jobs) == {"learner", "actor", "evaluator"}
     for name, job in jobs.items():
         assert "static_configs" not in job
         assert job["dns_sd_configs"][0]["names"] == [name]
@@ -71,7 +73,7 @@ def test_shipped_config_discovers_every_actor_replica_by_dns():
 def test_dashboard_shows_what_a_person_looks_for_first():
     titles = [title for title, _ in panel_expressions()]
     for wanted in ("Mean return", "Frames per second", "Updates per second", "staleness", "RPC latency p99",
-                   "Rejected gradients", "Actors up", "Learner CPU and memory"):
+                   "Rejected gradients", "Actors up", "Learner CPU and memory", "Evaluation return"):
         assert any(wanted in title for title in titles), wanted
 
 
@@ -84,7 +86,8 @@ def pod_target_groups(run: LocalRun, targets: Path) -> None:
     """What Kubernetes pod discovery would find for this run's processes deployed by deploy/k8s, as file_sd
     groups: one target per container port carrying the pod's labels and annotations; the ports are this run's."""
     docs, groups = rendered_manifests(), []
-    for name, metrics_ports in (("learner", [run.learner_metrics]), ("actor", run.actor_metrics)):
+    for name, metrics_ports in (("learner", [run.learner_metrics]), ("actor", run.actor_metrics),
+                                ("evaluator", [run.evaluator_metrics])):
         pod = manifest(docs, "Deployment", name)["spec"]["template"]
         container = pod["spec"]["containers"][0]
         for index, local in enumerate(metrics_ports):
@@ -102,14 +105,15 @@ def pod_target_groups(run: LocalRun, targets: Path) -> None:
 
 
 def scrape_a3c_train(run: LocalRun, targets: Path) -> list[dict]:
-    write_scrape_targets(targets, run.learner_metrics, run.actor_metrics)  # what `a3c train` writes
+    # What `a3c train --evaluator` writes.
+    write_scrape_targets(targets, run.learner_metrics, run.actor_metrics, [run.evaluator_metrics])
     return [{"job_name": "a3c", "file_sd_configs": [{"files": [str(targets)]}]}]
 
 
 def scrape_compose(run: LocalRun, targets: Path) -> list[dict]:
     """The shipped compose config, its DNS discovery answered with this run's addresses."""
     jobs = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())["scrape_configs"]
-    ports = {"learner": [run.learner_metrics], "actor": run.actor_metrics}
+    ports = {"learner": [run.learner_metrics], "actor": run.actor_metrics, "evaluator": [run.evaluator_metrics]}
     for job in jobs:
         found = targets.with_name(f"{job['job_name']}.json")
         found.write_text(json.dumps([{"targets": [f"127.0.0.1:{p}" for p in ports[job.pop("dns_sd_configs")[0]
@@ -150,7 +154,8 @@ def scrape_pod_monitor(run: LocalRun, targets: Path) -> list[dict]:
 @pytest.mark.parametrize("scrape", [scrape_a3c_train, scrape_compose, scrape_kubernetes_annotations,
                                     scrape_pod_monitor], ids=lambda f: f.__name__.removeprefix("scrape_"))
 def test_real_prometheus_scrapes_everything_the_dashboard_queries(scraped_cluster, tmp_path, scrape):
-    """Each way of deploying gives the series the labels the dashboard filters on (job learner and actor)."""
+    """Each way of deploying gives the series the labels the dashboard filters on (job learner, actor and
+    evaluator)."""
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     config["global"]["scrape_interval"] = "1s"
     config["scrape_configs"] = scrape(scraped_cluster, tmp_path / "targets.json")
@@ -166,10 +171,11 @@ def test_real_prometheus_scrapes_everything_the_dashboard_queries(scraped_cluste
     try:
         wait_for(lambda: "Ready" in http_get(f"http://127.0.0.1:{web}/-/ready", timeout=1), 30,
                  "Prometheus to start")
-        wait_for(lambda: len(query("up == 1")) == 3, 60, "three targets up")
+        wait_for(lambda: len(query("up == 1")) == 4, 60, "four targets up")
         assert {s["metric"]["job"]: s["value"][1] for s in query("count by (job) (up)")} == {"learner": "1",
-                                                                                           "actor": "2"}
-        wait_for(lambda: query('count_over_time(up{job="learner"}[1m]) >= 6'), 60, "six scrapes")
+                                                                                           "actor": "2",
+                                                                                           "evaluator": "1"}
+        wait_for(lambda: query('count_over_time(up{job="learner"}[1m]) >= 2'), 60, "two scrapes (a rate needs two)")
         # Every panel shows data within a minute (on a loaded machine the actors' first pushes can lag).
         panels, deadline = list(panel_expressions()), time.monotonic() + 60
         while (empty := [(title, expr) for title, expr in panels if not query(expr)]) and time.monotonic() < deadline:

@@ -30,9 +30,11 @@ def test_an_outsider_can_neither_read_the_run_nor_the_parameters_nor_push(start_
     digest = learner.model.digest()
     requests = {"GetRunSpec": pb.GetRunSpecRequest(actor_id="x"),
                 "GetParams": pb.GetParamsRequest(actor_id="x", have_version=-1),
-                "PushGradients": sound_push(learner)}
+                "PushGradients": sound_push(learner),
+                "ReportEvaluation": pb.EvaluationReport(evaluator_id="x", version=0, episode_returns=[1.0])}
     for method, request in requests.items():
         assert call(learner.port, method, request) == grpc.StatusCode.UNAUTHENTICATED, method
+    assert learner.stats.evaluation["eval_mean_return"] is None
     assert learner.model.digest() == digest and learner.model.version == 0
     expect_rejections(learner, {"unauthenticated": 1})
     # The same calls with the token all go through: the refusals above were the token's doing.
@@ -67,6 +69,16 @@ def test_a_compromised_actor_can_report_plausible_returns_that_were_never_played
     claim = sound_push(learner, episode_returns=[500.0])  # CartPole's best, never played
     assert call(learner.port, "PushGradients", claim, AUTHORIZED) == grpc.StatusCode.OK
     assert learner.stats.state()["returns"] == [500.0]
+
+
+def test_a_compromised_actor_can_report_an_evaluation_never_played_but_not_choose_best_eval(start_learner, tmp_path):
+    """A report within the bounds reaches the progress records (and TensorBoard); best-eval.pt is the evaluator's
+    own file, chosen from the episodes it played, which no report can write."""
+    learner = start_learner(auth_token=TOKEN)
+    report = pb.EvaluationReport(evaluator_id="e", version=0, episode_returns=[500.0] * 10)
+    assert call(learner.port, "ReportEvaluation", report, AUTHORIZED) == grpc.StatusCode.OK
+    assert learner.report()["eval_mean_return"] == 500.0
+    assert not list(tmp_path.rglob("best-eval.pt"))
 
 
 def test_a_compromised_actor_can_mark_another_as_left_only_until_its_next_push(start_learner):

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import statistics
 import time
+import urllib.request
+from urllib.parse import urlencode
 
 import pytest
 
@@ -16,7 +19,8 @@ from tests.processes import wait_for
 
 pytestmark = pytest.mark.containers
 
-SERVICES = ("learner", "actor", "prometheus")  # and grafana, whose image cannot be had here
+SERVICES = ("learner", "actor", "evaluator", "tensorboard", "prometheus")  # and grafana, whose image cannot be had here
+TENSORBOARD = "127.0.0.1:6006"  # where the compose file publishes it
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +81,11 @@ def test_up_with_eight_actors_all_push_are_scraped_and_stay_healthy(stack):
     wait_every_actor_pushes(stack, actors)
     wait_for(lambda: stack.learner_metric("a3c_learner_actors_active") == 8, 60, "the learner to count 8 actors")
     wait_actors_scraped(stack, actors)
-    wait_for(lambda: not [title for title, expr in panel_expressions() if not stack.prometheus_query(expr)], 120,
-             "every dashboard expression to return data")
+    # The evaluation row waits for the evaluator's first round (test_the_evaluator_...), which 8 actors on few
+    # cores put off: it runs at niceness 10.
+    wait_for(lambda: not [title for title, expr in panel_expressions()
+                          if not title.startswith("Evaluat") and not stack.prometheus_query(expr)], 120,
+             "every training dashboard expression to return data")
     healthy = wait_healthy(stack, [learner, *actors])
     assert "is not built" not in stack.logs(learner)  # the C loops are in the image and used
     REPORT["8 actors"] = f"{frames_per_second(stack):,.0f} frames/s"
@@ -139,8 +146,9 @@ def test_the_token_rotates_while_training_and_nobody_restarts(stack):
     assert incarnations([stack.learner(), *actors]) == started
 
 
-def test_both_services_run_on_a_read_only_root_filesystem(stack):
-    for container in (stack.learner(), stack.containers("actor")[0]):
+def test_every_service_runs_on_a_read_only_root_filesystem(stack):
+    for container in (stack.learner(), stack.containers("actor")[0], *stack.containers("evaluator"),
+                      *stack.containers("tensorboard")):
         assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
         result = container.exec_run(["touch", "/opt/venv/written"])
         assert result.exit_code != 0 and b"Read-only file system" in result.output
@@ -205,8 +213,8 @@ def test_down_then_up_resumes_from_the_named_volume_with_two_actors(stack):
     reached = version(stack)
     token = stack.learner().exec_run(["cat", "/credentials/learner/tokens"]).output
     stack.compose("down", "--timeout", "60")
-    assert stack.volumes() == {f"{stack.project}_{name}" for name in
-                               ("checkpoints", "prometheus-data", "ca", "learner-credentials", "actor-credentials")}
+    assert stack.volumes() == {f"{stack.project}_{name}" for name in ("checkpoints", "evaluation", "prometheus-data",
+                                                                     "ca", "learner-credentials", "actor-credentials")}
     up(stack)
     actors = stack.containers("actor")
     assert len(actors) == 2  # the compose file's replicas
@@ -215,6 +223,36 @@ def test_down_then_up_resumes_from_the_named_volume_with_two_actors(stack):
     assert stack.learner().exec_run(["cat", "/credentials/learner/tokens"]).output == token  # kept, not remade
     wait_every_actor_pushes(stack, actors)
     REPORT["2 actors"] = f"{frames_per_second(stack):,.0f} frames/s"
+
+
+def tensorboard(path: str, query: str = "") -> bytes:
+    """An answer of TensorBoard's HTTP API (the one its pages use)."""
+    with urllib.request.urlopen(f"http://{TENSORBOARD}{path}?{query}", timeout=10) as reply:
+        return reply.read()
+
+
+def test_the_evaluator_reports_and_tensorboard_shows_its_rounds_and_videos(stack):
+    (evaluator,) = stack.containers("evaluator")
+    rounds = wait_for(lambda: stack.metric(evaluator, 9402, "a3c_eval_rounds_total", {"report": "accepted"}) or 0,
+                      600, "an evaluation round reported to the learner")
+    REPORT["evaluator"] = (f"{rounds:.0f} round(s) by now; last mean "
+                           f"{stack.metric(evaluator, 9402, 'a3c_eval_mean_return'):+.1f}")
+    assert wait_healthy(stack, [evaluator])
+    wait_for(lambda: all(stack.prometheus_query(expr) for title, expr in panel_expressions()
+                         if title.startswith("Evaluat")), 120, "the evaluation row's expressions to return data")
+    assert exec_ok(evaluator, "test", "-s", "/data/evaluation/best-eval.pt")
+    assert "version-" in evaluator.exec_run(["ls", "/data/evaluation/videos"]).output.decode()
+    assert exec_ok(evaluator, "a3c", "evaluate", "--checkpoint", "/data/evaluation", "--episodes", "1")
+    # TensorBoard, from the image, reads the learner's event files: the curves, the evaluation and its video.
+    def scalar_tags() -> set:
+        return set(json.loads(tensorboard("/data/plugin/scalars/tags")).get(".", {}))
+    wait_for(lambda: {"eval/mean_return", "train/mean_return", "loss/entropy"} <= scalar_tags(), 120,
+             "TensorBoard to show the training and evaluation curves (it reloads every 5 s)")
+    wait_for(lambda: "eval/video" in json.loads(tensorboard("/data/plugin/images/tags")).get(".", {}), 60,
+             "TensorBoard to list the evaluator's video")
+    (first, *_) = json.loads(tensorboard("/data/plugin/images/images", urlencode({"run": ".", "tag": "eval/video"})))
+    video = tensorboard("/data/plugin/images/individualImage", first["query"])
+    assert video[:6] == b"GIF89a"
 
 
 def test_down_volumes_starts_fresh_and_leaves_no_volume_behind(stack):

@@ -23,6 +23,17 @@ def read_progress(run_dir: str | Path) -> list[dict]:
     return records
 
 
+def evaluation_rounds(records: list[dict]) -> list[dict]:
+    """The first record that shows each evaluation round (records repeat the last round until the next)."""
+    rounds, seen = [], None
+    for record in records:
+        key = (record.get("eval_version"), record.get("eval_mean_return"))
+        if record.get("eval_mean_return") is not None and key != seen:
+            rounds.append(record)
+            seen = key
+    return rounds
+
+
 def plot_runs(run_dirs: list[str], output_dir: str | Path) -> list[Path]:
     """Write return_vs_frames.png and return_vs_time.png with one line per run."""
     import matplotlib
@@ -30,8 +41,8 @@ def plot_runs(run_dirs: list[str], output_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = {Path(r).name or str(r): [x for x in read_progress(r) if x.get("mean_return") is not None]
-            for r in run_dirs}
+    records_of = {Path(r).name or str(r): read_progress(r) for r in run_dirs}
+    runs = {run: [x for x in records if x.get("mean_return") is not None] for run, records in records_of.items()}
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -39,9 +50,13 @@ def plot_runs(run_dirs: list[str], output_dir: str | Path) -> list[Path]:
                                       ("return_vs_time.png", "seconds", 60.0, "wall-clock time (minutes)")):
         figure, axes = plt.subplots(figsize=(8, 4.5), dpi=100)
         for run, records in runs.items():
-            axes.plot([r[x_key] / scale for r in records], [r["mean_return"] for r in records], label=run)
+            (line,) = axes.plot([r[x_key] / scale for r in records], [r["mean_return"] for r in records], label=run)
+            rounds = evaluation_rounds(records_of[run])
+            if rounds:  # the evaluator's greedy rounds, dashed in the run's colour
+                axes.plot([r[x_key] / scale for r in rounds], [r["eval_mean_return"] for r in rounds], "--",
+                          color=line.get_color(), label=f"{run}, evaluation (greedy)")
         axes.set_xlabel(label)
-        axes.set_ylabel("mean return, last 100 episodes")
+        axes.set_ylabel("mean return: last 100 episodes; evaluation rounds")
         axes.grid(alpha=0.3)
         axes.legend(loc="lower right", fontsize="small")
         figure.tight_layout()

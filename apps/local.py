@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from a3c.config import ActorConfig, EvaluatorConfig, LearnerConfig, RunLimits, to_argv
+from a3c.cpu import describe, machine
 from a3c.envs import describe_env
 from a3c.files import replace_file
 from a3c.errors import UserFacingError
@@ -157,6 +158,7 @@ def train(limits: RunLimits, learner_config: LearnerConfig, actor_config: ActorC
     log.info("run directory %s; %d actors x %d envs on %s%s; TensorBoard: tensorboard --logdir %s", run_dir,
              limits.actors, actor_config.num_envs, learner_config.env, ", an evaluator" if limits.evaluator else "",
              learner_config.tensorboard)
+    log.info("machine: %s", describe(machine()))  # what the run's speed depends on (docs/benchmarks.md)
 
     learner = _spawn(["learner", *to_argv(learner_config)])
     clients: list[subprocess.Popen] = []  # the actors, then the evaluator

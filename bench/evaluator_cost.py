@@ -15,11 +15,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from a3c.cpu import machine
 from apps.curves import read_progress
-from bench.probes import machine
 from bench.drivers import ROOT
 
-WARMUP_SECONDS = 30.0  # start-up and the first checkpoint-free minute of imports are not the steady state
+WARMUP_SECONDS = 30.0  # start-up (imports, connecting, the first rollouts) is not the steady state
 
 
 def run(seconds: float, evaluator: bool, actors: int, workdir: Path) -> dict:

@@ -1,26 +1,13 @@
-"""What the benchmark reads off a running system: the machine, /metrics endpoints (prometheus_client's parser),
-and the /proc accounting of a process's children."""
+"""What the benchmark reads off a running system: /metrics endpoints (prometheus_client's parser) and the /proc
+accounting of a process's children (the machine itself: a3c/cpu.py)."""
 
 from __future__ import annotations
 
 import os
-import platform
 import urllib.request
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
-
-# CPU features a figure can depend on: vector widths, and native bfloat16 for the convolutions.
-CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "f16c")
-
-
-def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("flags")), [])
-    return {"cores": os.cpu_count(), "cpu": model, "python": platform.python_version(),
-            "cpu_features": [feature for feature in CPU_FEATURES if feature in flags]}
 
 
 def scrape(port: int, host: str = "127.0.0.1") -> dict[tuple[str, tuple], float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.probes import CPU_FEATURES
+from a3c.cpu import CPU_FEATURES
 
 
 def table(report: dict) -> str:

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 
 from a3c.config import ActorConfig, HyperParams
+from a3c.cpu import machine
 from bench.ceiling import measure_ceiling
 from bench.drivers import end_to_end, learner_capacity, peer
-from bench.probes import machine
 from bench.report import table
 
 # The capacity run's load, scaled to the machine: on 2 cores 8 pushers (2 processes) and 2 fronts; on 16 cores,

@@ -35,7 +35,8 @@ def test_bad_environment_value_names_the_variable():
 def test_every_field_has_help_and_an_environment_variable():
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices
-    for name, cls in (("learner", config.LearnerConfig), ("actor", config.ActorConfig)):
+    for name, cls in (("learner", config.LearnerConfig), ("actor", config.ActorConfig),
+                      ("evaluator", config.EvaluatorConfig)):
         helps = {a.dest: a.help for a in sub[name]._actions}
         for f in dataclasses.fields(cls):
             assert f"A3C_{f.name.upper()}" in helps[f.name]
@@ -66,6 +67,10 @@ def test_invalid_values_are_refused_on_construction(kwargs, message):
     (["train", "--no-such-flag"], "unrecognized arguments"),
     (["learner", "--optimizer", "lbfgs"], "invalid choice"),
     (["actor", "--learner", "localhost"], "--learner must be HOST:PORT"),
+    (["evaluator", "--episodes", "0"], "--episodes must be 1 to 1000"),
+    (["evaluator", "--nice", "20"], "--nice must be 0 to 19"),
+    (["train", "--eval-interval", "-1"], "--eval-interval must not be negative"),
+    (["export", "--checkpoint", "x", "--output", "x.pt", "--format", "onnx"], "--format onnx writes a .onnx file"),
     (["train", "--env", "NoSuchGame-v9"], "unknown environment 'NoSuchGame-v9'"),
     (["train", "--env", "Pendulum-v1"], "only discrete actions are supported"),
 ])
@@ -83,8 +88,10 @@ def test_bad_environment_variable_gives_one_line(tmp_path):
     assert result.stderr.strip() == "a3c: error: A3C_NUM_ENVS: expected int, got 'lots'"
 
 
-def test_unreachable_learner_gives_one_line(tmp_path):
-    result = run_a3c("actor", "--learner", "127.0.0.1:1", "--connect-timeout", "1", cwd=tmp_path)
+@pytest.mark.parametrize("service", ["actor", "evaluator"])
+def test_unreachable_learner_gives_one_line(tmp_path, service):
+    result = run_a3c(service, "--learner", "127.0.0.1:1", "--connect-timeout", "1", "--metrics-port", "0",
+                     cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "a3c: error: no learner answered at 127.0.0.1:1 within 1s"
     assert "Traceback" not in result.stderr

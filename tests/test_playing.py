@@ -9,6 +9,7 @@ from PIL import Image
 
 from a3c import checkpoints
 from apps import playing
+from apps.curves import evaluation_rounds
 from tests.conftest import run_a3c
 
 
@@ -86,6 +87,13 @@ def test_plot_draws_every_run_in_one_figure(tmp_path):
             colors = {color for _, color in image.convert("RGB").getcolors(maxcolors=1 << 16)}
         # One line per run, in matplotlib's first two colors.
         assert {(0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)} <= colors
+
+
+def test_plot_draws_each_evaluation_round_once():
+    records = [{"frames": i, "eval_mean_return": None, "eval_version": None} for i in range(2)]
+    records += [{"frames": 2 + i, "eval_mean_return": 5.0, "eval_version": 7} for i in range(3)]  # repeated
+    records += [{"frames": 5, "eval_mean_return": 9.0, "eval_version": 12}]
+    assert [r["frames"] for r in evaluation_rounds(records)] == [2, 5]
 
 
 def test_the_learner_keeps_its_best_network(learner):

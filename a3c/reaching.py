@@ -88,6 +88,16 @@ class TokenPresenter:
         return err.code() == grpc.StatusCode.UNAUTHENTICATED and self.try_another()
 
 
+def worth_another_try(err: grpc.RpcError, tokens: TokenPresenter) -> bool:
+    """What a failed call means to a service's loop: True when another token is worth presenting at once, False
+    when the learner is away (reconnect and go on); LearnerRefused, which ends the service, for anything else."""
+    if tokens.refused(err):
+        return True
+    if err.code() not in TRANSIENT:
+        raise LearnerRefused(f"the learner refused a call: {err.code().name}: {err.details()}") from None
+    return False
+
+
 def wait_for_learner(attempt: Callable[[float], T], address: str, timeout: float | None, stop: threading.Event,
                      try_again_at_once: Callable[[grpc.RpcError], bool] = lambda err: False) -> T | None:
     """`attempt(seconds)` (a call made with wait_for_ready) until it answers, for up to `timeout` seconds (None: as

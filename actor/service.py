@@ -25,7 +25,7 @@ from a3c.tokens import Tokens
 from a3c.memory import keep_freed_memory
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import ModelSpec, build_model, parameter_layout
-from a3c.reaching import TRANSIENT
+from a3c.reaching import worth_another_try
 from a3c.ports import write_ports
 from actor.client import LearnerClient
 from actor.gradients import compute_gradients
@@ -211,13 +211,10 @@ class Actor:
                         continue
                     self.step()
                 except grpc.RpcError as err:
-                    if self.client.tokens.refused(err):
+                    if worth_another_try(err, self.client.tokens):
                         log.info("the learner refused this actor's token; presenting the next in its file")
                         connected = False
                         continue
-                    if err.code() not in TRANSIENT:
-                        raise ActorError(f"the learner refused a call: {err.code().name}: {err.details()}") \
-                            from None
                     # The push in flight is lost with the connection; rollouts go on while it reconnects.
                     log.warning("lost the learner (%s); rolling out while reconnecting", err.code().name)
                     connected = False

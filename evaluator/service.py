@@ -25,7 +25,8 @@ from a3c.files import replace_file
 from a3c.metrics import new_registry, serve_metrics
 from a3c.model import ModelSpec, build_model, parameter_layout
 from a3c.ports import write_ports
-from a3c.reaching import TRANSIENT, TokenPresenter, channel_credentials, open_channel, wait_for_learner
+from a3c.reaching import (TRANSIENT, TokenPresenter, channel_credentials, open_channel, wait_for_learner,
+                          worth_another_try)
 from a3c.tokens import Tokens
 from a3c.video import STEP_MS, FrameSampler, gif_bytes
 from a3c.wire import channel_options
@@ -227,11 +228,8 @@ class Evaluator:
                     next_round = time.monotonic() + self.config.interval
                     self._round()
                 except grpc.RpcError as err:
-                    if self.tokens.refused(err):
+                    if worth_another_try(err, self.tokens):
                         continue
-                    if err.code() not in TRANSIENT:
-                        raise EvaluatorError(f"the learner refused a call: {err.code().name}: {err.details()}") \
-                            from None
                     log.warning("lost the learner (%s); reconnecting", err.code().name)
                     connected = False
         finally:

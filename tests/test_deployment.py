@@ -162,6 +162,14 @@ def test_manifests_are_production_shaped():
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             if probe in container:  # a busy learner or actor answers within seconds, not the default one
                 assert container[probe]["timeoutSeconds"] >= 5 and container[probe].get("failureThreshold", 3) >= 3
+    # The TensorBoard sidecar runs what the compose file's tensorboard service runs (which the container tests run
+    # for real), on the learner's volume, read-only.
+    sidecar = next(c for c in learner["spec"]["template"]["spec"]["containers"] if c["name"] == "tensorboard")
+    service = compose()["services"]["tensorboard"]
+    assert sidecar["command"] + sidecar["args"] == service["entrypoint"] + service["command"]
+    assert [m for m in sidecar["volumeMounts"] if m["name"] == "checkpoints"] == [
+        {"name": "checkpoints", "mountPath": "/data", "readOnly": True}]
+    assert {"name": "A3C_TENSORBOARD", "value": "/data/tensorboard"} in learner_container["env"]
     for name in ("learner-checkpoints", "evaluator-output"):
         claim = manifest(docs, "PersistentVolumeClaim", name)["spec"]
         assert claim["accessModes"] == ["ReadWriteOnce"] and claim["volumeMode"] == "Filesystem"

@@ -33,6 +33,7 @@ from bench.probes import scrape, total
 ROOT = Path(__file__).resolve().parent.parent
 NETNS = "a3c-chaos"
 HOST_ADDRESS, NETNS_ADDRESS = "10.231.0.1", "10.231.0.2"
+ACTOR_KILLS = 5
 
 
 @dataclass
@@ -46,6 +47,13 @@ class Incarnation:
     counts: dict = field(default_factory=dict)
     fate: str = "running"  # killed, stopped or running (at the end)
     delayed: bool = False  # behind the slow link
+
+    @property
+    def name(self) -> str:
+        return self.log.stem
+
+    def log_text(self) -> str:
+        return self.log.read_text()
 
 
 class Fleet:
@@ -117,6 +125,10 @@ class Fleet:
         self.actors.append(actor)
         return actor
 
+    def add_actors(self, count: int) -> None:
+        for _ in range(count):
+            self.start_actor()
+
     def running_actors(self) -> list[Incarnation]:
         return [a for a in self.actors if a.fate == "running"]
 
@@ -148,9 +160,21 @@ class Fleet:
         incarnation.process.wait(timeout=60)
         incarnation.fate = "stopped"
         # Its last push is settled after the last scrape: the exit line has the final count.
-        found = re.search(r"stopped after (\d+) accepted pushes", incarnation.log.read_text())
+        found = re.search(r"stopped after (\d+) accepted pushes", incarnation.log_text())
         if found:
             incarnation.counts[("a3c_actor_pushes_total", (("outcome", "accepted"),))] = float(found.group(1))
+
+    def crash_actor(self, victim: Incarnation) -> None:
+        """SIGKILL an actor and start another in its place, as a Deployment or a restart policy would."""
+        self.kill(victim)
+        self.start_actor(victim.delayed)
+
+    def restart_learner(self) -> Incarnation:
+        return self.start_learner()
+
+    def checkpoint_being_written(self, learner: Incarnation) -> bool:
+        # Its own temporary file: a killed one's may linger.
+        return any(self.checkpoint_dir.glob(f".*.{learner.process.pid}.tmp"))
 
     def close(self) -> None:
         for actor in self.running_actors():
@@ -183,7 +207,7 @@ def kill_during_checkpoint_write(fleet: Fleet, timeout: float) -> bool:
     fleet.scrape(learner)
     deadline, scraped = time.monotonic() + timeout, time.monotonic()
     while time.monotonic() < deadline:
-        if any(fleet.checkpoint_dir.glob(f".*.{learner.process.pid}.tmp")):  # its own: a killed one's may linger
+        if fleet.checkpoint_being_written(learner):
             fleet.kill(learner, scrape_first=False)  # now, while the file is there
             return True
         if time.monotonic() - scraped > 0.02:
@@ -193,17 +217,18 @@ def kill_during_checkpoint_write(fleet: Fleet, timeout: float) -> bool:
     return False
 
 
-def resumed_frames(log: Path) -> int | None:
-    found = re.search(r"resumed from \S+ at version \d+ \((\d+) frames\)", log.read_text())
+def resumed_frames(log: str) -> int | None:
+    found = re.search(r"resumed from \S+ at version \d+ \((\d+) frames\)", log)
     return int(found.group(1)) if found else None
 
 
 def run(env: str, target: float, seed: int, seconds: float, faults: bool, link: str | None,
-        checkpoint_interval: float, workdir: Path) -> dict:
+        checkpoint_interval: float, workdir: Path, fleet_kind=Fleet) -> dict:
     """One run to `target` (mean return of the last 100 episodes) or `seconds`; with `faults`, on a schedule
-    drawn from `seed` and spread over `seconds`."""
+    drawn from `seed` and spread over `seconds`. `fleet_kind` runs the services (local processes by default; the
+    container tests pass one of compose containers)."""
     workdir.mkdir(parents=True)
-    fleet = Fleet(workdir, env, seed, checkpoint_interval, link if faults else None)
+    fleet = fleet_kind(workdir, env, seed, checkpoint_interval, link if faults else None)
     rng = random.Random(seed)
     events: list[dict] = []
     checks = {"checkpoints_readable": True}
@@ -216,38 +241,39 @@ def run(env: str, target: float, seed: int, seconds: float, faults: bool, link: 
         fleet.start_learner()
         fleet.start_actor(delayed=bool(fleet.slow_link))
         fleet.start_actor()
+        up = time.monotonic()  # the schedule counts from here: containers take longer than processes to come up
         schedule = []
         if faults:
             schedule = sorted([(0.25, "scale", 8), (0.4, "kill_learner", None), (0.55, "kill_learner_writing", None),
-                               (0.65, "scale", 2)] + [(rng.uniform(0.05, 0.9), "kill_actor", None) for _ in range(5)],
+                               (0.65, "scale", 2)] + [(rng.uniform(0.05, 0.9), "kill_actor", None)
+                                                      for _ in range(ACTOR_KILLS)],
                               key=lambda e: e[0])
         reached_at = None
         while time.monotonic() - start < seconds * (3 if faults else 1.5):
             time.sleep(0.5)
             fleet.scrape_all()
-            elapsed = time.monotonic() - start
-            while schedule and elapsed >= schedule[0][0] * seconds:
+            while schedule and time.monotonic() - up >= schedule[0][0] * seconds:
                 _, what, value = schedule.pop(0)
                 if what == "scale":
                     running = fleet.running_actors()
-                    for _ in range(value - len(running)):
-                        fleet.start_actor()
+                    fleet.add_actors(max(0, value - len(running)))
                     for actor in [a for a in running if not a.delayed][:max(0, len(running) - value)]:
                         fleet.stop(actor)
                     note(f"scaled to {value} actors")
                 elif what == "kill_actor":
                     victim = rng.choice(fleet.running_actors())
-                    fleet.kill(victim)
-                    fleet.start_actor(victim.delayed)  # as a Deployment or a restart policy would
-                    note("SIGKILLed an actor", actor=victim.log.stem)
+                    fleet.crash_actor(victim)
+                    note("SIGKILLed an actor", actor=victim.name)
                 else:
                     connected = len(fleet.running_actors())
-                    mid_write = (kill_during_checkpoint_write(fleet, checkpoint_interval * 3)
-                                 if what == "kill_learner_writing" else (fleet.kill(fleet.learners[-1]) or False))
+                    mid_write = what == "kill_learner_writing" and \
+                        kill_during_checkpoint_write(fleet, checkpoint_interval * 3)
+                    if what == "kill_learner":
+                        fleet.kill(fleet.learners[-1])
                     before = last_record(fleet.progress)  # the dead learner's last record, at most a second old
                     checks["checkpoints_readable"] &= checkpoints.load_newest(fleet.checkpoint_dir) is not None
-                    learner = fleet.start_learner()
-                    resumed = resumed_frames(learner.log) or 0
+                    learner = fleet.restart_learner()
+                    resumed = resumed_frames(learner.log_text()) or 0
                     note("SIGKILLed the learner" + (" during a checkpoint write" if mid_write else ""),
                          actors_connected=connected, frames_at_kill=before and before["frames"],
                          frames_lost=before and max(0, before["frames"] - resumed),
@@ -306,6 +332,10 @@ def invariants(chaos: dict) -> dict:
         "frames_lost_per_learner_kill_within_one_interval": all(
             e["frames_lost"] is not None and e["frames_lost"] <= 1.25 * e["frames_per_interval"] for e in kills),
         "target_reached": chaos["seconds_to_target"] is not None,
+        # The schedule ran to its end before the target: each fault above was really injected.
+        "every_fault_injected": [e["event"] for e in chaos["events"]].count("SIGKILLed an actor") == ACTOR_KILLS
+                                and len(kills) == 2 and book["actors_accepted"] > 0
+                                and {"scaled to 8 actors", "scaled to 2 actors"} <= {e["event"] for e in chaos["events"]},
     }
 
 

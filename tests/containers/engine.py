@@ -71,10 +71,11 @@ def compose_command() -> list[str]:
 class Stack:
     """One compose project of docker-compose.yml, named so that it cannot touch a user's own."""
 
-    def __init__(self, engine: docker.DockerClient, project: str) -> None:
+    def __init__(self, engine: docker.DockerClient, project: str, extra_files: list[Path] = ()) -> None:
         self.engine = engine
         self.project = project
-        self.command = [*compose_command(), "--project-name", project, "--file", str(COMPOSE)]
+        self.command = [*compose_command(), "--project-name", project, "--file", str(COMPOSE),
+                        *(arg for path in extra_files for arg in ("--file", str(path)))]
 
     def compose(self, *args: str, timeout: float = 300) -> str:
         result = subprocess.run([*self.command, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)

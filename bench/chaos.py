@@ -249,7 +249,7 @@ def run(env: str, target: float, seed: int, seconds: float, faults: bool, link: 
                                                       for _ in range(ACTOR_KILLS)],
                               key=lambda e: e[0])
         reached_at = None
-        while time.monotonic() - start < seconds * (3 if faults else 1.5):
+        while time.monotonic() - up < seconds * (3 if faults else 1.5):
             time.sleep(0.5)
             fleet.scrape_all()
             while schedule and time.monotonic() - up >= schedule[0][0] * seconds:

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.chaos
 
 
 def test_training_survives_a_run_full_of_faults_and_every_push_is_accounted_for(tmp_path):
-    chaos = run("CartPole-v1", 195.0, seed=0, seconds=30, faults=True, link="50mbit 0.02", checkpoint_interval=3,
+    chaos = run("CartPole-v1", 195.0, seed=0, seconds=40, faults=True, link="50mbit 0.02", checkpoint_interval=3,
                 workdir=tmp_path / "chaos")
     verdict = invariants(chaos)
     print(verdict, chaos["ledger"], *chaos["events"], sep="\n")

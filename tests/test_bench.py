@@ -33,3 +33,14 @@ def test_benchmark_quick_run_reports_every_figure(tmp_path):
     assert fronted["updates_per_second"] > 0 and fronted["fronts_cpu_ms_per_update"] > 0
     assert "(gRPC in front processes)" in result.stdout
     assert "| a3c train, 1 actor(s) |" in result.stdout
+
+
+def test_the_actor_profile_splits_a_rollout_into_its_parts():
+    from bench.actor_profile import profile
+
+    found = profile("CartPole-v1", rounds=3)
+    parts = found["ms_per_rollout"]
+    assert found["frames_per_rollout"] == 8 * 20 and found["conv_precision"] == "float32"
+    assert parts["stepping_the_envs"] > 0 and parts["rollout_and_gradient"] > parts["stepping_the_envs"]
+    assert found["frames_per_second_per_core"] == pytest.approx(160 / parts["rollout_and_gradient"] * 1e3)
+    assert "cpu_features" in found["machine"]

@@ -47,11 +47,11 @@ def profile(env_id: str, rounds: int) -> dict:
     rollout = VectorRollout(env_id, defaults.num_envs, hyper.t_max, seed=0)
     idle = np.zeros(defaults.num_envs, dtype=np.int64)
 
-    def gradient(network) -> Callable[[], object]:
+    def rollout_and_gradient(network) -> Callable[[], object]:
         return lambda: compute_gradients(network, rollout.collect(network), hyper.gamma, hyper.entropy_coef,
                                          hyper.value_coef, hyper.max_grad_norm, info.clip_rewards)
 
-    whole = median_ms(gradient(model), rounds)
+    whole = median_ms(rollout_and_gradient(model), rounds)
     collect = median_ms(lambda: rollout.collect(model), rounds)
     envs = median_ms(lambda: [rollout.envs.step(idle) for _ in range(hyper.t_max)], rounds)
     found = {"env": env_id, "machine": machine(), "conv_precision": precision, "rollout": f"{defaults.num_envs} envs x "
@@ -65,10 +65,10 @@ def profile(env_id: str, rounds: int) -> dict:
         standard.channels_last = False
         standard.set_conv_precision(precision)
         variants = {"defaults": model, "standard_memory_order": standard}
-        found["rollout_and_gradient_ms"] = {name: median_ms(gradient(network), rounds)
+        found["rollout_and_gradient_ms"] = {name: median_ms(rollout_and_gradient(network), rounds)
                                             for name, network in variants.items()}
         with torch.backends.mkldnn.flags(enabled=False):
-            found["rollout_and_gradient_ms"]["oneDNN_off"] = median_ms(gradient(model), rounds)
+            found["rollout_and_gradient_ms"]["oneDNN_off"] = median_ms(rollout_and_gradient(model), rounds)
     rollout.close()
     return found
 

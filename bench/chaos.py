@@ -76,17 +76,15 @@ class Fleet:
         """A network namespace joined to this one by a veth pair whose far end limits the rate (queueing delay,
         tc's tbf) and drops packets at random both ways (iptables' statistic match): `link` is "RATE LOSS", e.g.
         "50mbit 0.02". (tc's netem would do both, but needs a kernel module that not every machine has.)"""
-        rate, loss = link.split()
         steps = [f"ip netns add {NETNS}", f"ip link add {NETNS}-h type veth peer name {NETNS}-n",
                  f"ip link set {NETNS}-n netns {NETNS}", f"ip addr add {HOST_ADDRESS}/30 dev {NETNS}-h",
                  f"ip link set {NETNS}-h up", f"ip netns exec {NETNS} ip addr add {NETNS_ADDRESS}/30 dev {NETNS}-n",
-                 f"ip netns exec {NETNS} ip link set {NETNS}-n up", f"ip netns exec {NETNS} ip link set lo up",
-                 f"ip netns exec {NETNS} tc qdisc add dev {NETNS}-n root tbf rate {rate} burst 64kbit latency 200ms",
-                 *(f"ip netns exec {NETNS} iptables -A {chain} {interface} {NETNS}-n -m statistic --mode random "
-                   f"--probability {loss} -j DROP" for chain, interface in (("INPUT", "-i"), ("OUTPUT", "-o")))]
+                 f"ip netns exec {NETNS} ip link set {NETNS}-n up", f"ip netns exec {NETNS} ip link set lo up"]
+        steps = [step.split() for step in steps] + [["ip", "netns", "exec", NETNS, *command]
+                                                    for command in slow_link_commands(link, f"{NETNS}-n")]
         self._remove_netns()
         for step in steps:
-            if subprocess.run(step.split(), capture_output=True).returncode != 0:
+            if subprocess.run(step, capture_output=True).returncode != 0:
                 print(f"chaos: no slow link ({step!r} failed: it needs root, iproute2 and iptables); every actor "
                       f"on loopback", file=sys.stderr)
                 self._remove_netns()
@@ -159,10 +157,7 @@ class Fleet:
         incarnation.process.send_signal(signal.SIGTERM)
         incarnation.process.wait(timeout=60)
         incarnation.fate = "stopped"
-        # Its last push is settled after the last scrape: the exit line has the final count.
-        found = re.search(r"stopped after (\d+) accepted pushes", incarnation.log_text())
-        if found:
-            incarnation.counts[("a3c_actor_pushes_total", (("outcome", "accepted"),))] = float(found.group(1))
+        count_final_pushes(incarnation)
 
     def crash_actor(self, victim: Incarnation) -> None:
         """SIGKILL an actor and start another in its place, as a Deployment or a restart policy would."""
@@ -186,6 +181,23 @@ class Fleet:
             self.learners[-1].fate = "stopped"
         if self.slow_link:
             self._remove_netns()
+
+
+def count_final_pushes(actor) -> None:
+    """A stopped actor's last push is settled after its last scrape: its exit line has the final count."""
+    found = re.search(r"stopped after (\d+) accepted pushes", actor.log_text())
+    if found:
+        actor.counts[("a3c_actor_pushes_total", (("outcome", "accepted"),))] = float(found.group(1))
+
+
+def slow_link_commands(link: str, device: str) -> list[list[str]]:
+    """`link` ("RATE LOSS", e.g. "50mbit 0.02") on `device`: tc's tbf rate limit (queueing delay) and iptables'
+    random drops both ways (its statistic match)."""
+    rate, loss = link.split()
+    return [["tc", "qdisc", "replace", "dev", device, "root", "tbf", "rate", rate, "burst", "64kbit", "latency",
+             "200ms"],
+            *(["iptables", "-A", chain, flag, device, "-m", "statistic", "--mode", "random", "--probability", loss,
+               "-j", "DROP"] for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")))]
 
 
 def wait(check, timeout: float, what: str, process: subprocess.Popen | None = None):

@@ -16,7 +16,7 @@ import docker
 import yaml
 from docker.models.containers import Container
 
-from bench.chaos import wait
+from bench.chaos import count_final_pushes, slow_link_commands, wait
 from bench.probes import scrape
 from tests.containers.engine import Stack, epoch_seconds
 
@@ -123,15 +123,10 @@ class ComposeFleet:
         return added
 
     def _slow_down(self, actor: ContainerIncarnation) -> None:
-        """`link` ("RATE LOSS") on the container's eth0: tc's tbf rate limit, iptables' random drops both ways."""
-        rate, loss = self.link.split()
+        """The run's slow link on the container's eth0, inside its network namespace."""
         enter = ["nsenter", "-t", str(actor.container.attrs["State"]["Pid"]), "-n"]
-        steps = [["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", rate, "burst", "64kbit",
-                  "latency", "200ms"],
-                 *(["iptables", "-A", chain, flag, "eth0", "-m", "statistic", "--mode", "random", "--probability", loss,
-                    "-j", "DROP"] for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")))]
-        for step in steps:
-            subprocess.run(enter + step, check=True, capture_output=True)
+        for command in slow_link_commands(self.link, "eth0"):
+            subprocess.run(enter + command, check=True, capture_output=True)
 
     def running_actors(self) -> list[ContainerIncarnation]:
         return [a for a in self.actors if a.fate == "running"]
@@ -186,10 +181,7 @@ class ComposeFleet:
         self.scrape(incarnation)
         incarnation.container.stop(timeout=60 if incarnation.service == "learner" else 20)
         incarnation.fate = "stopped"
-        found = [line for line in incarnation.log_text().splitlines() if "accepted pushes" in line]
-        if found:  # its last push is settled after the last scrape: the exit line has the final count
-            accepted = float(found[-1].split("stopped after ")[1].split()[0])
-            incarnation.counts[("a3c_actor_pushes_total", (("outcome", "accepted"),))] = accepted
+        count_final_pushes(incarnation)
         if incarnation.service == "actor":
             incarnation.container.remove()
 
